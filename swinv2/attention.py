@@ -1,0 +1,218 @@
+"""Window attention of Swin Transformer V2: scaled cosine attention with a log-spaced
+continuous position bias (log-CPB), computed by one of three interchangeable kernels.
+
+Kernels (numerically equivalent, chosen per stage with ``attn_impl``):
+- ``math``: explicit ``softmax(q k^T + bias) v``; the reference formulation.
+- ``sdpa``: ``F.scaled_dot_product_attention`` with the logit scale folded into q and the
+  position bias + shift mask as the additive mask (fused kernels on CPU and GPU).
+- ``sequential``: the paper's sequential self-attention (section 3.5): windows are processed in
+  chunks of ``chunk_windows`` and each chunk is recomputed in the backward pass, so the attention
+  memory of a block grows with the chunk, not with the number of windows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+AttnImpl = Literal["math", "sdpa", "sequential"]
+ATTN_IMPLS: tuple[str, ...] = ("math", "sdpa", "sequential")
+
+# Added to the logits of token pairs that come from different regions of a shifted window.
+SHIFT_MASK_VALUE = -100.0
+# The logit scale is log(1/tau) with tau >= 0.01, so it is clamped at log(100); no lower clamp.
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def relative_coords_table(window: tuple[int, int], pretrained_window: tuple[int, int]) -> torch.Tensor:
+    """Log-spaced relative coordinates fed to the CPB MLP. Returns (2Wh-1, 2Ww-1, 2).
+
+    Coordinates are normalised by the pretrained window (if given) so that an MLP trained at one
+    window size sees the same inputs for the same relative offsets at a larger window.
+    """
+    dh = torch.arange(-(window[0] - 1), window[0], dtype=torch.float32)
+    dw = torch.arange(-(window[1] - 1), window[1], dtype=torch.float32)
+    table = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1)
+    norm = pretrained_window if pretrained_window[0] > 0 else window
+    # max(.., 1) keeps a 1x1 window (a 1-token feature map) finite; its only offset is 0.
+    table[..., 0] /= max(norm[0] - 1, 1)
+    table[..., 1] /= max(norm[1] - 1, 1)
+    table *= 8
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+
+
+def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
+    """Index into the flattened (2Wh-1)*(2Ww-1) table for every token pair. Returns (N, N)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window[0]), torch.arange(window[1]), indexing="ij"))
+    coords = coords.flatten(1)  # (2, N)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (N, N, 2)
+    rel[..., 0] += window[0] - 1
+    rel[..., 1] += window[1] - 1
+    return rel[..., 0] * (2 * window[1] - 1) + rel[..., 1]
+
+
+def _math_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    # q is already normalised and scaled; bias broadcasts to (B_, H, N, N)
+    attn = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)
+    return attn @ v
+
+
+def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+
+
+def _shift_bias(region_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(nW, N) region ids -> (nW, 1, N, N) additive mask: -100 between different regions."""
+    different = region_ids[:, :, None] != region_ids[:, None, :]
+    return (
+        torch.zeros(different.shape, dtype=dtype, device=region_ids.device)
+        .masked_fill_(different, SHIFT_MASK_VALUE)
+        .unsqueeze(1)
+    )
+
+
+class WindowAttention(nn.Module):
+    """Multi-head scaled cosine self-attention inside (shifted) windows.
+
+    Parameter names follow the released code: ``qkv`` (no bias), ``q_bias``, ``v_bias``,
+    ``logit_scale`` (heads, 1, 1), ``cpb_mlp`` (2 -> 512 -> heads), ``proj``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        window: tuple[int, int],
+        num_heads: int,
+        pretrained_window: tuple[int, int] = (0, 0),
+        qkv_bias: bool = True,
+        attn_impl: AttnImpl = "sdpa",
+        chunk_windows: int = 16,
+        cpb_hidden: int = 512,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl={attn_impl!r}; choose one of {ATTN_IMPLS}")
+        if chunk_windows < 1:
+            raise ValueError(f"chunk_windows must be >= 1, got {chunk_windows}")
+        self.dim = dim
+        self.window = window
+        self.pretrained_window = pretrained_window
+        self.num_heads = num_heads
+        self.attn_impl = attn_impl
+        self.chunk_windows = chunk_windows
+
+        self.logit_scale = nn.Parameter(torch.empty(num_heads, 1, 1))
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, cpb_hidden, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Linear(cpb_hidden, num_heads, bias=False),
+        )
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.empty(dim))
+            self.v_bias = nn.Parameter(torch.empty(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+        self.register_buffer("relative_coords_table", torch.empty(0), persistent=False)
+        self.register_buffer("relative_position_index", torch.empty(0, dtype=torch.long), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Recompute the position tables (non-persistent; never loaded from checkpoints)."""
+        device = self.logit_scale.device
+        self.relative_coords_table = relative_coords_table(self.window, self.pretrained_window).to(device)
+        self.relative_position_index = relative_position_index(self.window).to(device)
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.logit_scale, math.log(10.0))
+        for m in (self.qkv, self.proj, self.cpb_mlp[0], self.cpb_mlp[2]):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        if self.q_bias is not None:
+            nn.init.zeros_(self.q_bias)
+            nn.init.zeros_(self.v_bias)
+
+    def position_bias(self) -> torch.Tensor:
+        """16 * sigmoid(cpb_mlp(table)) gathered for every token pair. Returns (H, N, N)."""
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        n = self.window[0] * self.window[1]
+        bias = table[self.relative_position_index.view(-1)].view(n, n, self.num_heads)
+        return 16 * torch.sigmoid(bias.permute(2, 0, 1))
+
+    def forward(self, x: torch.Tensor, region_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B*nW, N, C) windows; region_ids: (nW, N) shift-region id per token, or None
+        when the block is not shifted. Returns (B*nW, N, C)."""
+        bw, n, c = x.shape
+        qkv_bias = None
+        if self.q_bias is not None:
+            qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, qkv_bias).view(bw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW, H, N, d)
+        scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
+        # cos(q, k) * scale == (scale * q/|q|) . (k/|k|): folding the scale into q saves a pass over N x N
+        q = F.normalize(q, dim=-1) * scale
+        k = F.normalize(k, dim=-1)
+        bias = self.position_bias().to(q.dtype)  # (H, N, N)
+
+        if self.attn_impl == "sequential":
+            out = self._sequential(q, k, v, bias, region_ids)
+        else:
+            kernel = _sdpa_kernel if self.attn_impl == "sdpa" else _math_kernel
+            if region_ids is None:
+                out = kernel(q, k, v, bias.unsqueeze(0))
+            else:
+                # Windows of one image become extra "heads" so the (nW, H, N, N) mask broadcasts
+                # over the batch without being copied B times.
+                nw = region_ids.shape[0]
+                full = (bias.unsqueeze(0) + _shift_bias(region_ids, q.dtype)).flatten(0, 1).unsqueeze(0)
+                fold = (bw // nw, nw * self.num_heads, n, -1)
+                out = kernel(q.reshape(fold), k.reshape(fold), v.reshape(fold), full)
+                out = out.view(bw, self.num_heads, n, -1)
+        out = out.transpose(1, 2).reshape(bw, n, c)
+        return self.proj(out)
+
+    def _sequential(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        region_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        bw = q.shape[0]
+        window_index = torch.arange(bw, device=q.device)
+        outs = []
+        for start in range(0, bw, self.chunk_windows):
+            sl = slice(start, min(start + self.chunk_windows, bw))
+            chunk_ids = None if region_ids is None else region_ids[window_index[sl] % region_ids.shape[0]]
+            outs.append(
+                checkpoint(_attend_chunk, q[sl], k[sl], v[sl], bias, chunk_ids, use_reentrant=False)
+                if torch.is_grad_enabled()
+                else _attend_chunk(q[sl], k[sl], v[sl], bias, chunk_ids)
+            )
+        return torch.cat(outs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, window={self.window}, pretrained_window={self.pretrained_window}, "
+            f"num_heads={self.num_heads}, attn_impl={self.attn_impl}"
+            + (f", chunk_windows={self.chunk_windows}" if self.attn_impl == "sequential" else "")
+        )
+
+
+def _attend_chunk(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, region_ids: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention of one chunk of windows; its N x N mask and scores exist only for the chunk."""
+    full = bias.unsqueeze(0) if region_ids is None else bias.unsqueeze(0) + _shift_bias(region_ids, q.dtype)
+    return _sdpa_kernel(q, k, v, full)
