@@ -258,7 +258,7 @@ class SwinTransformerV2(nn.Module):
         impls = _per_stage(attn_impl, n, "attn_impl")
 
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         res = (img[0] // patch_size, img[1] // patch_size)
         self.layers = nn.ModuleList()
         for i in range(n):
