@@ -1,0 +1,177 @@
+"""Per-sample transforms (SimMIM, supervised, eval) and timm's Mixup/CutMix for the batch.
+
+Every transform takes the raw image and an integer seed and returns a normalised float tensor
+(3, H, W). Seeding per sample (from epoch and stream position) is what makes a restored stream
+reproduce the augmentations of an uninterrupted one.
+
+SimMIM and eval avoid PIL: the crop box is chosen on the stored size, the JPEG is decoded at the
+smallest DCT scale that still covers the box at the output resolution, and torch's uint8
+antialiased interpolation resizes it (several times faster than PIL's resize).
+"""
+
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from train.data.config import AugConfig, DataConfig
+from train.data.decode import RawImage, decode_rgb, image_size
+
+Box = tuple[int, int, int, int]  # top, left, height, width in stored-image pixels
+
+
+def sample_rrc_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random) -> Box:
+    """torchvision's RandomResizedCrop.get_params, drawn from `rng`."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target_area * aspect)))
+        ch = int(round(math.sqrt(target_area / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def crop_resize(data: RawImage, box: Box, out: tuple[int, int], mode: str, flip: bool = False) -> torch.Tensor:
+    """Decode only as much resolution as `box` needs at size `out`, crop, resize: uint8 (3, *out)."""
+    h, w = image_size(data)
+    top, left, ch, cw = box
+    # The smallest decode whose crop still has >= out pixels on both sides: no detail is lost.
+    f = max(out[0] / ch, out[1] / cw)
+    img = decode_rgb(data, min_size=(math.ceil(h * f), math.ceil(w * f)) if f < 1 else (0, 0))
+    sy, sx = img.shape[0] / h, img.shape[1] / w
+    y0, x0 = int(round(top * sy)), int(round(left * sx))
+    y1, x1 = max(y0 + 1, int(round((top + ch) * sy))), max(x0 + 1, int(round((left + cw) * sx)))
+    crop = torch.from_numpy(np.ascontiguousarray(img[y0:y1, x0:x1])).permute(2, 0, 1)[None]
+    if crop.shape[-2:] != out:
+        crop = F.interpolate(crop, size=out, mode=mode, antialias=mode != "nearest", align_corners=None)
+    crop = crop[0]
+    return crop.flip(-1) if flip else crop
+
+
+class Normalize:
+    """uint8 (3, H, W) -> float (3, H, W), (x / 255 - mean) / std in one fused multiply-add."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
+        self.shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(3, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+
+class SimMIMTransform:
+    """RandomResizedCrop(scale 0.67-1, ratio 3/4-4/3), horizontal flip, normalise."""
+
+    def __init__(self, img_size: int, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.size = (img_size, img_size)
+        self.aug = aug
+        self.normalize = Normalize(mean, std)
+
+    def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
+        rng = random.Random(seed)
+        h, w = image_size(data)
+        box = sample_rrc_box(h, w, self.aug.simmim_scale, self.aug.simmim_ratio, rng)
+        flip = rng.random() < 0.5
+        return self.normalize(crop_resize(data, box, self.size, self.aug.simmim_interpolation, flip))
+
+
+class EvalTransform:
+    """Resize the shorter side to img_size / crop_pct and centre-crop img_size, or (no-crop) resize the
+    whole image to img_size x img_size. Done as one crop box + one resize of the stored image."""
+
+    def __init__(self, img_size: int, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.size = img_size
+        self.aug = aug
+        self.normalize = Normalize(mean, std)
+
+    def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
+        h, w = image_size(data)
+        if self.aug.eval_no_crop:
+            box = (0, 0, h, w)
+        else:
+            # After resizing the shorter side to size / crop_pct, a size x size crop covers this
+            # many stored pixels.
+            side = min(h, w) * self.aug.crop_pct
+            ch, cw = min(h, int(round(side))), min(w, int(round(side)))
+            box = ((h - ch) // 2, (w - cw) // 2, ch, cw)
+        return self.normalize(crop_resize(data, box, (self.size, self.size), self.aug.interpolation))
+
+
+class SupervisedTransform:
+    """timm's ImageNet training transform (RandAugment, colour jitter, random erasing) on PIL images.
+
+    timm draws from the global `random` and torch generators, so they are seeded per sample; the
+    stream restores the caller's generator state when it runs in the main process.
+    """
+
+    def __init__(self, img_size: int, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        from timm.data import create_transform
+
+        self.size = img_size
+        self.aug = aug
+        self.tf = create_transform(
+            input_size=img_size,
+            is_training=True,
+            scale=tuple(aug.scale),
+            ratio=tuple(aug.ratio),
+            hflip=aug.hflip,
+            color_jitter=aug.color_jitter,
+            auto_augment=aug.rand_augment,
+            interpolation=aug.interpolation,
+            mean=tuple(mean),
+            std=tuple(std),
+            re_prob=aug.reprob,
+            re_mode=aug.remode,
+        )
+        # Smallest crop RandomResizedCrop can draw, as a fraction of each side.
+        self.min_side_frac = math.sqrt(aug.scale[0] * min(aug.ratio) / max(aug.ratio))
+
+    def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
+        random.seed(seed)
+        torch.manual_seed(seed)
+        h, w = image_size(data)
+        # Downscale in the DCT domain only as far as the smallest possible crop keeps img_size pixels.
+        f = self.size / (self.min_side_frac * min(h, w))
+        img = decode_rgb(data, min_size=(math.ceil(h * f), math.ceil(w * f)) if f < 1 else (0, 0))
+        return self.tf(Image.fromarray(img))
+
+
+def build_transform(task: str, img_size: int, aug: AugConfig, cfg: DataConfig):
+    """The per-sample transform of a task: "simmim", "supervised" or "eval"."""
+    classes = {"simmim": SimMIMTransform, "supervised": SupervisedTransform, "eval": EvalTransform}
+    if task not in classes:
+        raise ValueError(f"task must be one of {sorted(classes)}, got {task!r}")
+    return classes[task](img_size, aug, tuple(cfg.mean), tuple(cfg.std))
+
+
+def build_mixup(aug: AugConfig, num_classes: int):
+    """timm's Mixup/CutMix with label smoothing (applied by the trainer on the batch), or None when off.
+
+    It needs an even batch size. With it off, the trainer applies `aug.label_smoothing` in its loss.
+    """
+    if aug.mixup <= 0 and aug.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=aug.mixup,
+        cutmix_alpha=aug.cutmix,
+        prob=aug.mixup_prob,
+        switch_prob=aug.mixup_switch_prob,
+        mode=aug.mixup_mode,
+        label_smoothing=aug.label_smoothing,
+        num_classes=num_classes,
+    )
