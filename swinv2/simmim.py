@@ -9,9 +9,9 @@ from torch import nn
 from .model import SwinTransformerV2
 
 
-def normalize_targets(images: torch.Tensor, window: int = 47) -> torch.Tensor:
-    """Normalise every pixel by the mean and (unbiased) std of its ``window`` x ``window``
-    neighbourhood, as the SwinV2 SimMIM recipe does. (B, C, H, W) -> same shape."""
+def local_mean_std(images: torch.Tensor, window: int = 47) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std of every pixel's ``window`` x ``window`` neighbourhood, clipped at
+    the borders. (B, C, H, W) -> two tensors of the same shape."""
     if window % 2 != 1:
         raise ValueError(f"the target normalisation window must be odd, got {window}")
     pool = dict(kernel_size=window, stride=1, padding=window // 2)
@@ -20,7 +20,13 @@ def normalize_targets(images: torch.Tensor, window: int = 47) -> torch.Tensor:
     # pixels inside the image that each window covers (fewer at the borders)
     count = F.avg_pool2d(torch.ones_like(images[:1, :1]), **pool, count_include_pad=True) * window**2
     var = ((mean_sq - mean**2) * count / (count - 1)).clamp(min=0.0)
-    return (images - mean) / (var + 1e-6).sqrt()
+    return mean, (var + 1e-6).sqrt()
+
+
+def normalize_targets(images: torch.Tensor, window: int = 47) -> torch.Tensor:
+    """The SwinV2 SimMIM target: every pixel normalised by its local mean and std."""
+    mean, std = local_mean_std(images, window)
+    return (images - mean) / std
 
 
 class SimMIM(nn.Module):

@@ -1,0 +1,75 @@
+"""task=eval: accuracy of a checkpoint in any layout, or throughput (images/s) at a batch size."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from train.config import RunConfig
+from train.data import build_loader
+from train.distributed import DistEnv, all_reduce_sum
+from train.tasks import ClassificationTask, evaluate
+from train.trainer import autocast_for
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluation(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
+    model = ClassificationTask(cfg).build_model(device="cpu").to(env.device).eval()
+    autocast = autocast_for(cfg, env.device)
+    batch = cfg.batch_size // env.world_size
+    if cfg.task.throughput:
+        return _throughput(model, cfg, env, batch, autocast)
+    loader = build_loader(
+        cfg.data,
+        task="eval",
+        img_size=model.img_size[0],
+        batch_size=batch,
+        rank=env.rank,
+        world_size=env.world_size,
+        seed=cfg.seed,
+        aug=cfg.data.aug,
+        mask=cfg.data.mask,
+    )
+    metrics = evaluate(model, loader, env.device, autocast)
+    if env.is_main:
+        log.info(
+            "eval %s on %d images: top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
+            cfg.task.init_from,
+            metrics["samples"],
+            metrics["top1"],
+            metrics["top5"],
+            metrics["loss"],
+        )
+    return metrics
+
+
+@torch.no_grad()
+def _throughput(model, cfg: RunConfig, env: DistEnv, batch: int, autocast) -> dict[str, Any]:
+    images = torch.randn(batch, model.in_chans, *model.img_size, device=env.device)
+    for _ in range(3):  # warm-up: allocator, kernels
+        with autocast():
+            model(images)
+    if env.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(cfg.task.throughput_steps):
+        with autocast():
+            model(images)
+    if env.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    total = all_reduce_sum(torch.tensor([batch * cfg.task.throughput_steps / seconds], dtype=torch.float64))
+    result = {"images_per_s": total.item(), "batch_per_rank": batch, "precision": cfg.precision}
+    if env.is_main:
+        log.info(
+            "throughput: %.1f images/s (%d ranks x batch %d, %s)",
+            total.item(),
+            env.world_size,
+            batch,
+            cfg.precision,
+        )
+    return result

@@ -1,0 +1,334 @@
+"""The step-based training loop shared by every task and strategy.
+
+One optimizer step = ``optim.accum_steps`` micro-batches of ``batch_size / (world * accum)``
+images per rank. The loop's progress lives in ``TrainState``; checkpoints save it with the model,
+optimizer, schedule, scaler, EMA, every rank's data position and RNG, and the W&B run id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from timm.utils import ModelEmaV3
+from tqdm import tqdm
+
+from train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from train.config import RunConfig
+from train.data import build_loader
+from train.distributed import DistEnv, all_reduce_sum, broadcast_object
+from train.optim import build_optimizer, build_scheduler
+from train.state import TrainState, rng_state, set_rng_state
+from train.strategies import build_strategy
+from train.tasks import build_task, evaluate, save_reconstruction_grid
+from train.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def autocast_for(cfg: RunConfig, device: torch.device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (on every rank)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, env: DistEnv, resolved_config: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.run_dir = Path(cfg.run_dir)
+        self.resolved_config = resolved_config
+        self.task = build_task(cfg)
+        self.autocast = autocast_for(cfg, env.device)
+        self.micro_batch = cfg.batch_size // (env.world_size * cfg.optim.accum_steps)
+        self.state = TrainState()
+
+    # ----------------------------------------------------------------- setup
+    def _loader(self, split: str):
+        cfg, env = self.cfg, self.env
+        task = self.task.loader_task if split == "train" else "eval"
+        return build_loader(
+            cfg.data,
+            task=task,
+            img_size=self._img_size(),
+            batch_size=self.micro_batch,
+            rank=env.rank,
+            world_size=env.world_size,
+            seed=cfg.seed,
+            aug=cfg.data.aug,
+            mask=cfg.data.mask,
+        )
+
+    def _img_size(self) -> int:
+        from swinv2 import model_config
+
+        size = model_config(self.cfg.model.name, **self.cfg.model.overrides())["img_size"]
+        return size if isinstance(size, int) else size[0]
+
+    def setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.train_loader = self._loader("train")
+        self.val_loader = self._loader("val") if cfg.task.name == "finetune" and cfg.data.val_path else None
+        self.steps_per_epoch = len(self.train_loader) // cfg.optim.accum_steps
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"an epoch has {len(self.train_loader)} batches per rank, fewer than optim.accum_steps; "
+                "lower batch_size or use more data"
+            )
+        total = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+
+        model = self.task.build_model(device="cpu")
+        self.strategy = build_strategy(cfg, env)
+        self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim, total_batch=cfg.batch_size))
+        self.scheduler = build_scheduler(
+            self.strategy.optimizer,
+            cfg.optim,
+            total_batch=cfg.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            epochs=cfg.epochs,
+        )
+        self.ema = (
+            ModelEmaV3(self.strategy.module, decay=cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+        )
+        torch.manual_seed(cfg.seed + env.rank)  # per-rank augmentation / drop-path randomness
+        self._maybe_resume()
+        self.scheduler.step_update(self.state.step)
+        self.tracker = Tracker(
+            cfg.wandb,
+            run_dir=self.run_dir,
+            run_name=cfg.name,
+            config=self.resolved_config,
+            run_id=self.state.wandb_run_id,
+            active=env.is_main,
+        )
+        self.state.wandb_run_id = broadcast_object(self.tracker.run_id)
+
+    def _maybe_resume(self) -> None:
+        cfg = self.cfg
+        existing = checkpoint_dirs(self.run_dir)
+        if cfg.resume is None:
+            if existing:
+                raise ValueError(
+                    f"{self.run_dir} already holds checkpoints ({existing[-1].name}); pass resume=auto to "
+                    "continue that run, or choose another run_dir"
+                )
+            return
+        if cfg.resume == "auto":
+            if not existing:
+                log.info("resume=auto: no checkpoint in %s, starting fresh", self.run_dir)
+                return
+            path = existing[-1]
+        else:
+            path = Path(cfg.resume)
+        ckpt = load_checkpoint(path)
+        self.strategy.load_state_dict(ckpt["strategy"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.state.load_state_dict(ckpt["state"])
+        ranks = ckpt["ranks"]
+        if len(ranks) == self.env.world_size:
+            self.train_loader.load_state_dict(ranks[self.env.rank]["data"])
+            set_rng_state(ranks[self.env.rank]["rng"])
+        else:
+            log.warning(
+                "checkpoint was written by %d ranks, this run has %d: the data stream restarts its epoch",
+                len(ranks),
+                self.env.world_size,
+            )
+        log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+
+    # ------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state.step,
+            disable=not self.env.is_main,
+            dynamic_ncols=True,
+            desc="train",
+        )
+        window = {"loss": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+        while state.step < self.total_steps:
+            self.train_loader.set_epoch(state.epoch)
+            batches = iter(self.train_loader)
+            epoch_start = time.perf_counter()
+            epoch_loss = torch.zeros(2, dtype=torch.float64)
+            while (
+                state.step < self.total_steps
+                and state.step - state.epoch * self.steps_per_epoch < self.steps_per_epoch
+            ):
+                loss, images, target = self._train_step(batches)
+                epoch_loss += torch.tensor([loss, 1.0], dtype=torch.float64)
+                window["loss"] += loss
+                window["n"] += 1
+                window["images"] += self.micro_batch * cfg.optim.accum_steps * self.env.world_size
+                bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == self.total_steps:
+                    self._log_window(window, bar)
+                if cfg.task.vis_every and state.step % cfg.task.vis_every == 0 and self.env.is_main:
+                    self._save_vis(images, target)
+                if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
+                    self.save()
+            epoch_done = state.step - state.epoch * self.steps_per_epoch >= self.steps_per_epoch
+            self._end_epoch(epoch_loss, time.perf_counter() - epoch_start, finished=epoch_done)
+        bar.close()
+        return self._summary()
+
+    def _train_step(self, batches) -> tuple[float, torch.Tensor, torch.Tensor]:
+        cfg, state, strategy = self.cfg, self.state, self.strategy
+        accum = cfg.optim.accum_steps
+        total = 0.0
+        for micro in range(accum):
+            images, target = next(batches)
+            images = images.to(self.env.device, non_blocking=True)
+            target = target.to(self.env.device, non_blocking=True)
+            with strategy.accumulate(sync=micro == accum - 1):
+                with self.autocast():
+                    loss = self.task.loss(strategy.model, images, target)
+                strategy.backward(loss / accum)
+            total += loss.item() / accum
+        result = strategy.step(cfg.optim.clip_grad)
+        state.step += 1
+        state.samples_seen += self.micro_batch * accum * self.env.world_size
+        self.scheduler.step_update(state.step)
+        if result.skipped:
+            state.nonfinite_streak += 1
+            state.nonfinite_total += 1
+            log.warning(
+                "step %d: non-finite gradient (loss %.4g): update skipped (%d in a row)",
+                state.step,
+                total,
+                state.nonfinite_streak,
+            )
+            if state.nonfinite_streak >= cfg.optim.max_nonfinite:
+                raise TrainingDiverged(
+                    f"{state.nonfinite_streak} steps in a row had a non-finite loss or gradient (last at step "
+                    f"{state.step}); lower optim.base_lr, raise optim.warmup_epochs, or use precision=bf16"
+                )
+        else:
+            state.nonfinite_streak = 0
+            if self.ema is not None:
+                self.ema.update(strategy.module, step=state.step)
+        self._last_grad_norm = result.grad_norm
+        return total, images, target
+
+    def _log_window(self, window: dict, bar: tqdm) -> None:
+        mean = all_reduce_sum(torch.tensor([window["loss"], window["n"]], dtype=torch.float64))
+        loss = (mean[0] / max(mean[1], 1)).item()
+        elapsed = time.perf_counter() - window["t"]
+        lr = max(g["lr"] for g in self.strategy.optimizer.param_groups)
+        metrics = {
+            "train/loss": loss,
+            "train/lr": lr,
+            "train/grad_norm": self._last_grad_norm,
+            "train/images_per_s": window["images"] / max(elapsed, 1e-9),
+            "train/epoch": self.state.epoch,
+            "train/nonfinite_steps": self.state.nonfinite_total,
+        }
+        self.tracker.log(metrics, self.state.step)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{metrics['train/images_per_s']:.0f}")
+        window.update(loss=0.0, n=0, images=0, t=time.perf_counter())
+
+    def _save_vis(self, images: torch.Tensor, mask: torch.Tensor) -> None:
+        path = save_reconstruction_grid(
+            self.strategy.module,
+            images,
+            mask,
+            mean=self.train_loader.mean,
+            std=self.train_loader.std,
+            path=self.run_dir / "vis" / f"step_{self.state.step:08d}.png",
+        )
+        self.tracker.log_image("simmim/reconstruction", path, self.state.step)
+
+    def _end_epoch(self, epoch_loss: torch.Tensor, seconds: float, *, finished: bool) -> None:
+        cfg, state = self.cfg, self.state
+        totals = all_reduce_sum(epoch_loss.clone())
+        line = f"epoch {state.epoch}: loss {totals[0] / max(totals[1], 1):.4f}, {seconds:.0f}s"
+        stats = self.train_loader.stats
+        if stats.get("bad"):
+            line += f", {stats['bad']} bad samples skipped"
+            self.tracker.log({"data/bad_samples": stats["bad"]}, state.step)
+        last = state.step >= self.total_steps
+        if self.val_loader is not None and (
+            last or (finished and (state.epoch + 1) % cfg.task.eval_every == 0)
+        ):
+            line += self._validate()
+        if finished:
+            state.epoch += 1
+        self.save()
+        if self.env.is_main:
+            log.info(line)
+
+    def _validate(self) -> str:
+        metrics = evaluate(self.strategy.module, self.val_loader, self.env.device, self.autocast)
+        logged = {f"val/{k}": v for k, v in metrics.items()}
+        text = f", val top-1 {metrics['top1']:.2f} top-5 {metrics['top5']:.2f}"
+        if self.ema is not None:
+            ema = evaluate(self.ema.module, self.val_loader, self.env.device, self.autocast)
+            logged.update({f"val_ema/{k}": v for k, v in ema.items()})
+            text += f", EMA top-1 {ema['top1']:.2f}"
+        self.tracker.log(logged, self.state.step)
+        if metrics["top1"] > self.state.best.get("top1", -1.0):
+            self.state.best = {"top1": metrics["top1"], "top5": metrics["top5"], "step": self.state.step}
+        return text
+
+    # ---------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        ranks = _gather({"data": self.train_loader.state_dict(), "rng": rng_state()})
+        strategy_state = self.strategy.state_dict()
+        if self.env.is_main:
+            payload = {
+                "model": self.strategy.module.state_dict(),  # read by swinv2.load_pretrained
+                "strategy": strategy_state,
+                "scheduler": self.scheduler.state_dict(),
+                "state": self.state.state_dict(),
+                "ranks": ranks,
+                "config": self.resolved_config,
+            }
+            if self.ema is not None:
+                payload["ema"] = self.ema.state_dict()
+            save_checkpoint(self.run_dir, self.state.step, payload, keep_last=self.cfg.checkpoint.keep_last)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {"step": self.state.step, "run_dir": str(self.run_dir)}
+        if self.state.best:
+            summary.update({f"best_{k}": v for k, v in self.state.best.items()})
+            if self.env.is_main:
+                best = self.state.best
+                log.info(
+                    "best top-1 %.2f%% (top-5 %.2f%%) at step %d", best["top1"], best["top5"], best["step"]
+                )
+        self.tracker.summary(summary)
+        self.tracker.finish()
+        return summary
+
+
+def run_training(cfg: RunConfig, env: DistEnv, resolved_config: dict[str, Any]) -> dict[str, Any]:
+    trainer = Trainer(cfg, env, resolved_config)
+    trainer.setup()
+    return trainer.fit()
