@@ -38,6 +38,15 @@ class WorkerPlan:
 
     batch_sizes: list[int]
     segments: Iterator[Segment]  # infinite
+    own: int | None  # samples in the worker's own range (None: resampled, no wrap)
+
+    def block(self, position: int, size: int) -> tuple[int, int]:
+        """(start, length) of the shuffle block holding `position`. Blocks restart at the end of the
+        own range, so wrapped samples are never shuffled in among the worker's own."""
+        if self.own is None or position < self.own:
+            start = position // size * size
+            return start, size if self.own is None else min(size, self.own - start)
+        return self.own + (position - self.own) // size * size, size
 
 
 @dataclass
@@ -105,7 +114,7 @@ def plan_epoch(
         for w in range(workers):
             rng = rng_for(seed, epoch, rank, w, 1)
             draws = (Segment(u, 0, counts[u]) for u in iter(lambda r=rng: r.choice(nonempty), None))
-            plans.append(WorkerPlan(sizes[w], draws))
+            plans.append(WorkerPlan(sizes[w], draws, None))
         return EpochLayout(batches, batches * batch_size, n, order), plans
 
     if shuffle:
@@ -126,10 +135,10 @@ def plan_epoch(
         need = sum(sizes[w])
         # The last worker also takes the rank's leftover samples (dropped in training unless bad
         # samples leave it short), so no sample is read by two workers.
-        stop = hi if w == workers - 1 else min(hi, start + need)
+        start_w, stop = start, hi if w == workers - 1 else min(hi, start + need)
         own = _segments(order, counts, start, stop, wrap=False)
         start = stop
-        plans.append(WorkerPlan(sizes[w], _chain(own, rank_segments)))
+        plans.append(WorkerPlan(sizes[w], _chain(own, rank_segments), stop - start_w))
     return EpochLayout(batches, per_rank, total, order), plans
 
 

@@ -157,18 +157,18 @@ class StreamDataset(IterableDataset):
         if st.batches >= quota:
             return
         cursor = Cursor(self.source, plan.segments)
-        block = st.position // self.block
-        cursor.skip(block * self.block)
+        start, size = plan.block(st.position, self.block)
+        cursor.skip(start)
         logger = _BadLog(self.rank, w)
         images, targets = [], []
         consecutive_bad = 0
         cycle = sum(self.source.counts) + 1
         while True:
-            items = cursor.take(self.block)
-            order = list(range(self.block))
-            if self.shuffle and self.block > 1:
-                rng_for(self.seed, self.epoch, self.rank, w, block, 2).shuffle(order)
-            for j in order[st.position - block * self.block :]:
+            items = cursor.take(size)
+            order = list(range(size))
+            if self.shuffle:
+                rng_for(self.seed, self.epoch, self.rank, w, start, 2).shuffle(order)
+            for j in order[st.position - start :]:
                 item, wrap = items[j]
                 sample_seed = hash((self.seed, self.epoch, self.rank, w, st.position)) & 0x7FFFFFFF
                 st.position += 1
@@ -189,7 +189,7 @@ class StreamDataset(IterableDataset):
                     if st.batches == quota:
                         logger.summary(st)
                         return
-            block += 1
+            start, size = plan.block(st.position, self.block)
 
     def _sample(
         self, item: RawSample | Bad, wrap: bool, seed: int, st: WorkerState, logger: "_BadLog"

@@ -54,7 +54,10 @@ def crop_resize(data: RawImage, box: Box, out: tuple[int, int], mode: str, flip:
     sy, sx = img.shape[0] / h, img.shape[1] / w
     y0, x0 = int(round(top * sy)), int(round(left * sx))
     y1, x1 = max(y0 + 1, int(round((top + ch) * sy))), max(x0 + 1, int(round((left + cw) * sx)))
-    crop = torch.from_numpy(np.ascontiguousarray(img[y0:y1, x0:x1])).permute(2, 0, 1)[None]
+    region = np.ascontiguousarray(img[y0:y1, x0:x1])
+    if not region.flags.writeable:  # PIL and np.frombuffer arrays are read-only; torch wants to own one
+        region = region.copy()
+    crop = torch.from_numpy(region).permute(2, 0, 1)[None]
     if crop.shape[-2:] != out:
         crop = F.interpolate(crop, size=out, mode=mode, antialias=mode != "nearest", align_corners=None)
     crop = crop[0]
