@@ -59,7 +59,7 @@ class LoadReport:
     source: str
     layout: Layout
     loaded: list[str]  # target keys filled from the checkpoint
-    dropped: list[str]  # checkpoint keys deliberately not used
+    dropped: list[str]  # checkpoint keys deliberately not used (canonical names)
     reinitialized: list[str]  # target keys that start fresh (head, SimMIM mask token / decoder)
     head: HeadAction
 
@@ -88,6 +88,10 @@ def read_checkpoint(path: str | Path) -> StateDict:
     ``{'state_dict': ...}``, ``{'module': ...}``) and DDP / torch.compile prefixes are removed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: is a directory; pass the weights file inside it (e.g. model.safetensors)"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -347,7 +351,8 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
         raise CheckpointError(
             f"{source} ({layout} layout) does not fit {type(model).__name__}: {'; '.join(problems)}"
         )
-    model.load_state_dict(new, strict=False)
+    result = model.load_state_dict(new, strict=False)
+    assert set(result.missing_keys) == set(fresh) and not result.unexpected_keys, result
     _reinitialize(model, fresh)
     return LoadReport(
         source=source,

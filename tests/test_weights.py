@@ -27,7 +27,9 @@ def _seed() -> None:
 
 def tiny(num_classes: int = 7, **overrides) -> swinv2.SwinTransformerV2:
     config = {**TINY, **overrides}
-    return swinv2.build_model("swinv2_tiny_window8_256", num_classes=num_classes, drop_path_rate=0.0, **config).eval()
+    return swinv2.build_model(
+        "swinv2_tiny_window8_256", num_classes=num_classes, drop_path_rate=0.0, **config
+    ).eval()
 
 
 @torch.no_grad()
@@ -103,6 +105,22 @@ def test_hf_parity() -> None:
     assert load_pretrained(tiny(), reference.swinv2.state_dict()).head == "fresh"
 
 
+def test_hf_masked_image_modeling_parity() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Swinv2Config(
+        image_size=64, patch_size=4, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=4,
+        drop_path_rate=0.0, encoder_stride=16,
+    )  # fmt: skip
+    reference = randomize(transformers.Swinv2ForMaskedImageModeling(config).eval())
+    ours = swinv2.SimMIM(tiny(num_classes=0)).eval()
+    report = load_pretrained(ours, reference.state_dict())
+    assert report.layout == "hf" and report.reinitialized == []
+    x, mask = torch.randn(2, 3, 64, 64), torch.rand(2, 16, 16) > 0.5
+    with torch.no_grad():
+        expected = reference(pixel_values=x, bool_masked_pos=mask.flatten(1)).reconstruction
+        assert (ours.reconstruct(x, mask.float()) - expected).abs().max().item() <= 1e-5
+
+
 def test_round_trips_official_ours_timm(tmp_path) -> None:
     original = randomize(tiny()).state_dict()
     official = {k: v.clone() for k, v in original.items()}
@@ -174,12 +192,18 @@ def test_simmim_checkpoint_to_classifier_and_wrapper(tmp_path) -> None:
         k.replace("mask_token", "encoder.mask_token") for k in report.dropped
     }
     encoder = pretrained.encoder.state_dict()
-    assert_same_state({k: v for k, v in classifier.state_dict().items() if not k.startswith("head.")}, encoder)
+    assert_same_state(
+        {k: v for k, v in classifier.state_dict().items() if not k.startswith("head.")}, encoder
+    )
     assert torch.isfinite(classifier.head.weight).all() and classifier.head.weight.std() < 0.05
 
     wrapper = swinv2.SimMIM(tiny(num_classes=0))
     assert load_pretrained(wrapper, tmp_path / "simmim.pth").reinitialized == []
     assert_same_state(wrapper.state_dict(), pretrained.state_dict())
+    # exports keep the encoder only, so timm takes them
+    export_weights(wrapper, tmp_path / "encoder.safetensors", layout="timm")
+    reference = timm.create_model("swinv2_tiny_window8_256", num_classes=0, **TINY)
+    timm.models.load_checkpoint(reference, str(tmp_path / "encoder.safetensors"), strict=True)
     # our own wrapper's state dict (top-level mask_token) goes to a classifier as well
     assert load_pretrained(tiny(), pretrained.state_dict()).layout == "simmim"
     # and a classifier checkpoint into the wrapper: mask token and decoder start fresh
@@ -228,7 +252,13 @@ def test_corrupt_files_give_one_line_errors(tmp_path) -> None:
     (tmp_path / "notes.pth").write_text("not a checkpoint\n")
     torch.save({"model": state, "args": argparse.Namespace(lr=1.0)}, tmp_path / "pickled.pth")
     torch.save({"epoch": 3}, tmp_path / "no_weights.pth")
-    for name in ("truncated_good.pth", "truncated_good.safetensors", "notes.pth", "pickled.pth", "no_weights.pth"):
+    for name in (
+        "truncated_good.pth",
+        "truncated_good.safetensors",
+        "notes.pth",
+        "pickled.pth",
+        "no_weights.pth",
+    ):
         with pytest.raises(CheckpointError) as error:
             load_pretrained(tiny(), tmp_path / name)
         message = str(error.value)
