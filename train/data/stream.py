@@ -193,34 +193,41 @@ class StreamDataset(IterableDataset):
 
     def _sample(
         self, item: RawSample | Bad, wrap: bool, seed: int, st: WorkerState, logger: "_BadLog"
-    ) -> tuple[torch.Tensor, np.ndarray | int] | None:
-        """(image, target) or None for a bad sample (counted and logged)."""
-        st.seen += 1
+    ) -> tuple[torch.Tensor, np.ndarray | np.int64] | None:
+        """(image, target), or None for a bad sample, which is counted and logged.
+
+        Wrapped samples were read once already (by this worker or another of the rank), so a bad
+        one is not counted again: the bad fraction stays a fraction of distinct samples.
+        """
+        out = self._decode(item, wrap, seed)
+        if isinstance(out, tuple):
+            st.seen += 1
+            st.padded += wrap
+            return out
+        if not wrap:
+            st.seen += 1
+            st.bad += 1
+            st.bad_kinds[out.kind] = st.bad_kinds.get(out.kind, 0) + 1
+            logger(st, out)
+        return None
+
+    def _decode(self, item: RawSample | Bad, wrap: bool, seed: int) -> tuple[torch.Tensor, Any] | Bad:
         if isinstance(item, Bad):
-            return self._bad(st, logger, item.kind, item.url, item.key, item.reason)
+            return item
         label: int | None = None
         if self.task != "simmim":
             label, error = _parse_label(item.label, self.num_classes)
             if error:
-                return self._bad(st, logger, "label", item.url, item.key, error)
+                return Bad(item.url, item.key, "label", error)
         if item.image is None:
-            return self._bad(st, logger, "no_image", item.url, item.key, "no jpg/jpeg/png/webp member")
+            return Bad(item.url, item.key, "no_image", "no jpg/jpeg/png/webp member")
         try:
             image = self.transform(item.image, seed)
         except Exception as exc:  # any decoder error: corrupt, truncated, empty, unknown format
-            return self._bad(st, logger, "decode", item.url, item.key, f"{type(exc).__name__}: {exc}")
-        if wrap:
-            st.padded += 1
+            return Bad(item.url, item.key, "decode", f"{type(exc).__name__}: {exc}")
         if self.task == "simmim":
             return image, self.mask_generator(np.random.default_rng(seed))
         return image, np.int64(PAD_LABEL if wrap and self.task == "eval" else label)
-
-    @staticmethod
-    def _bad(st: WorkerState, logger: "_BadLog", kind: str, url: str, key: str, reason: str) -> None:
-        st.bad += 1
-        st.bad_kinds[kind] = st.bad_kinds.get(kind, 0) + 1
-        logger(st, kind, url, key, reason)
-        return None
 
 
 def _parse_label(raw: bytes | int | None, num_classes: int | None) -> tuple[int | None, str]:
@@ -244,12 +251,12 @@ class _BadLog:
         self.where = f"rank {rank} worker {worker}"
         self.last = 0.0
 
-    def __call__(self, st: WorkerState, kind: str, url: str, key: str, reason: str) -> None:
+    def __call__(self, st: WorkerState, bad: Bad) -> None:
         now = time.monotonic()
         if st.bad <= LOG_FIRST or now - self.last >= LOG_EVERY_S:
             self.last = now
             log.warning("bad sample skipped (%s, %s): %s key %s: %s [%d bad of %d read]",
-                        kind, self.where, url, key, reason, st.bad, st.seen)  # fmt: skip
+                        bad.kind, self.where, bad.url, bad.key, bad.reason, st.bad, st.seen)  # fmt: skip
 
     def summary(self, st: WorkerState) -> None:
         if st.bad > LOG_FIRST:
