@@ -11,7 +11,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from skimage import data as skdata
 
-from train.data import AugConfig, DataConfig, MaskConfig, MaskGenerator, build_mixup
+from train.data import AugConfig, DataConfig, MaskConfig, MaskGenerator, build_loader, build_mixup
 from train.data.decode import decode_rgb
 from train.data.transforms import EvalTransform, SimMIMTransform, build_transform, crop_resize, sample_rrc_box
 
@@ -96,6 +96,13 @@ def test_supervised_transform_is_seeded_and_leaves_no_global_state_behind():
     tf = build_transform("supervised", 224, AugConfig(), DataConfig())
     a, b, c = tf(data, 1), tf(data, 1), tf(data, 2)
     assert a.shape == (3, 224, 224) and torch.equal(a, b) and not torch.equal(a, c)
+
+    cfg = DataConfig(source="fashion_mnist", num_classes=10, num_workers=0)
+    loader = build_loader(cfg, task="supervised", img_size=32, batch_size=4, rank=0, world_size=1, seed=0)
+    states = random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state()
+    next(iter(loader))  # in-process: the trainer's generators must come out untouched
+    assert random.getstate() == states[0]
+    assert np.array_equal(np.random.get_state()[1], states[1]) and torch.equal(torch.get_rng_state(), states[2])
 
 
 def test_build_mixup():

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -172,9 +173,9 @@ class Loader:
 
 def _preserving_rng(it: Iterator) -> Iterator:
     """In the main process the per-sample seeding of timm transforms would overwrite the trainer's
-    global `random` and torch generators: restore them around every batch."""
+    global `random`, numpy and torch generators: restore them around every batch."""
     while True:
-        py, pt = random.getstate(), torch.get_rng_state()
+        py, pt, npy = random.getstate(), torch.get_rng_state(), np.random.get_state()
         try:
             item = next(it)
         except StopIteration:
@@ -182,6 +183,7 @@ def _preserving_rng(it: Iterator) -> Iterator:
         finally:
             random.setstate(py)
             torch.set_rng_state(pt)
+            np.random.set_state(npy)
         yield item
 
 

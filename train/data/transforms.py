@@ -93,7 +93,7 @@ class SimMIMTransform:
 
 class EvalTransform:
     """Resize the shorter side to img_size / crop_pct and centre-crop img_size, or (no-crop) resize the
-    whole image to img_size x img_size. Done as one crop box + one resize of the stored image."""
+    whole image to img_size x img_size; the JPEG is decoded at the smallest DCT scale that allows it."""
 
     def __init__(self, img_size: int, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.size = img_size
@@ -103,21 +103,21 @@ class EvalTransform:
     def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
         h, w = image_size(data)
         if self.aug.eval_no_crop:
-            box = (0, 0, h, w)
-        else:
-            # After resizing the shorter side to size / crop_pct, a size x size crop covers this
-            # many stored pixels.
-            side = min(h, w) * self.aug.crop_pct
-            ch, cw = min(h, int(round(side))), min(w, int(round(side)))
-            box = ((h - ch) // 2, (w - cw) // 2, ch, cw)
-        return self.normalize(crop_resize(data, box, (self.size, self.size), self.aug.interpolation))
+            return self.normalize(crop_resize(data, (0, 0, h, w), (self.size, self.size), self.aug.interpolation))
+        # torchvision's geometry exactly (Resize(int(size / crop_pct)) then CenterCrop(size)): the
+        # resize runs on the whole image so the crop falls on the same pixel grid as timm's.
+        short = int(math.floor(self.size / self.aug.crop_pct))
+        out = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+        img = crop_resize(data, (0, 0, h, w), out, self.aug.interpolation)
+        top, left = int(round((out[0] - self.size) / 2.0)), int(round((out[1] - self.size) / 2.0))
+        return self.normalize(img[:, top : top + self.size, left : left + self.size])
 
 
 class SupervisedTransform:
     """timm's ImageNet training transform (RandAugment, colour jitter, random erasing) on PIL images.
 
-    timm draws from the global `random` and torch generators, so they are seeded per sample; the
-    stream restores the caller's generator state when it runs in the main process.
+    timm draws from the global `random`, numpy and torch generators, so they are seeded per sample;
+    the stream restores the caller's generator states when it runs in the main process.
     """
 
     def __init__(self, img_size: int, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -144,6 +144,7 @@ class SupervisedTransform:
 
     def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
         random.seed(seed)
+        np.random.seed(seed)
         torch.manual_seed(seed)
         h, w = image_size(data)
         # Downscale in the DCT domain only as far as the smallest possible crop keeps img_size pixels.
