@@ -15,8 +15,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from swinv2 import CheckpointError
 from train.config import ConfigError, RunConfig, register_configs, resolve_device, validate
+from train.data import BadDataError
 from train.distributed import init_distributed, shutdown, world_size_from_env
+from train.evaluate import run_evaluation
+from train.trainer import TrainingDiverged, run_training
+
+# Errors a user can cause and fix: one line on stderr, no traceback.
+USER_ERRORS = (ConfigError, CheckpointError, BadDataError, TrainingDiverged)
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 log = logging.getLogger("train")
@@ -48,19 +55,18 @@ def run(raw: DictConfig) -> dict:
     env = init_distributed(resolve_device(cfg))
     try:
         if cfg.task.name == "eval":
-            from train.evaluate import run_evaluation
-
             result = run_evaluation(cfg, env)
         else:
-            from train.trainer import run_training
-
             result = run_training(cfg, env, resolved)
-        if env.is_main:
-            (run_dir / f"result_{cfg.task.name}.json").write_text(json.dumps(result, indent=2))
-            log.info("run directory: %s", run_dir.resolve())
-        return result
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     finally:
         shutdown()
+    if env.is_main:
+        (run_dir / f"result_{cfg.task.name}.json").write_text(json.dumps(result, indent=2))
+        log.info("run directory: %s", run_dir.resolve())
+    return result
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)

@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 
+from swinv2 import CheckpointError
+
 log = logging.getLogger(__name__)
 
 FILE = "checkpoint.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:

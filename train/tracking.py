@@ -55,6 +55,7 @@ class Tracker:
         self.run_id = run_id
         if not active:
             return
+        run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in finish()
         mode = wandb_mode(cfg)
         if mode == "disabled":

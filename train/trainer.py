@@ -20,7 +20,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from train.config import RunConfig
+from train.config import ConfigError, RunConfig
 from train.data import build_loader
 from train.distributed import DistEnv, all_reduce_sum, broadcast_object
 from train.optim import build_optimizer, build_scheduler
@@ -130,7 +130,7 @@ class Trainer:
         existing = checkpoint_dirs(self.run_dir)
         if cfg.resume is None:
             if existing:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.run_dir} already holds checkpoints ({existing[-1].name}); pass resume=auto to "
                     "continue that run, or choose another run_dir"
                 )
