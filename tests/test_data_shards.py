@@ -52,6 +52,7 @@ def test_fashion_mnist_round_trip_and_resume(tmp_path):
 
     # Interrupted run: shard 1 never renamed (a partial .tmp left), shard 2 never started.
     done = (out / "shard-000000.tar").stat().st_mtime_ns
+    lost = {n: (out / n).read_bytes() for n in ("shard-000001.tar", "shard-000002.tar")}
     (out / "shard-000001.tar").rename(out / "shard-000001.tar.tmp")
     (out / "shard-000001.tar.tmp").write_bytes((out / "shard-000001.tar.tmp").read_bytes()[:3000])
     (out / "shard-000002.tar").unlink()
@@ -60,6 +61,7 @@ def test_fashion_mnist_round_trip_and_resume(tmp_path):
                  "--no-progress"]) == 0  # fmt: skip
     assert (out / "shard-000000.tar").stat().st_mtime_ns == done  # complete shards are kept
     assert not list(out.glob("*.tmp"))
+    assert all((out / n).read_bytes() == b for n, b in lost.items())  # rewritten byte for byte
     again = read_all(str(out))
     assert again.keys() == first.keys()
     assert all(again[k]["png"] == first[k]["png"] and again[k]["cls"] == first[k]["cls"] for k in first)

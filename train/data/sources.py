@@ -156,13 +156,16 @@ class ImageFolderSource(Source):
 
 
 class ArraySource(Source):
-    """In-memory uint8 images (N, H, W[, 3]) with integer labels: Fashion-MNIST and synthetic data."""
+    """In-memory uint8 images (M, H, W[, 3]) and N integer labels: Fashion-MNIST and synthetic data.
 
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, class_names: list[str] | None) -> None:
+    Sample i is image i % M, so a small pool of images can stand for a large synthetic set.
+    """
+
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, num_classes: int,
+                 class_names: list[str] | None = None) -> None:  # fmt: skip
         self.name, self.images, self.labels = name, images, labels
-        self.num_classes = len(class_names) if class_names else int(labels.max()) + 1
-        self.class_names = class_names
-        self.units, self.counts = _chunks(name, len(images))
+        self.num_classes, self.class_names = num_classes, class_names
+        self.units, self.counts = _chunks(name, len(labels))
 
     def read(self, unit: int, start: int, stop: int) -> Iterator[RawSample | Bad]:
         for i in range(unit * CHUNK + start, unit * CHUNK + stop):
@@ -175,14 +178,11 @@ def _chunks(name: str, n: int) -> tuple[list[str], list[int]]:
 
 
 def synthetic_source(num_samples: int, num_classes: int, img_size: int) -> ArraySource:
-    """Throughput runs: a pool of 16 smooth random images reused cyclically (no decoding)."""
+    """Throughput runs: a pool of 16 blocky random images of the target size (nothing to decode)."""
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, size=(16, 8, 8, 3), dtype=np.uint8)
     pool = small.repeat(img_size // 8 + 1, axis=1).repeat(img_size // 8 + 1, axis=2)[:, :img_size, :img_size]
-    src = ArraySource("synthetic", np.ascontiguousarray(pool), np.arange(num_samples) % num_classes, None)
-    src.units, src.counts = _chunks("synthetic", num_samples)
-    src.num_classes = num_classes
-    return src
+    return ArraySource("synthetic", np.ascontiguousarray(pool), np.arange(num_samples) % num_classes, num_classes)
 
 
 def build_source(cfg: DataConfig, split: str, img_size: int) -> Source:
@@ -194,7 +194,8 @@ def build_source(cfg: DataConfig, split: str, img_size: int) -> Source:
         return ImageFolderSource(path)
     if cfg.source == "fashion_mnist":
         images, labels = fashion_mnist.load_split(path, "train" if split == "train" else "test")
-        return ArraySource(f"fashion_mnist/{split}", images, labels, list(fashion_mnist.CLASS_NAMES))
+        names = list(fashion_mnist.CLASS_NAMES)
+        return ArraySource(f"fashion_mnist/{split}", images, labels, len(names), names)
     if cfg.source == "synthetic":
         return synthetic_source(cfg.synthetic_samples, cfg.num_classes, img_size)
     raise ValueError(f"data.source must be webdataset, imagefolder, fashion_mnist or synthetic, got {cfg.source!r}")
