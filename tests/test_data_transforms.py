@@ -64,7 +64,7 @@ def test_simmim_transform_matches_torchvision_resized_crop():
     a = np.asarray(Image.fromarray(skdata.chelsea()).resize((500, 375)))
     data = jpeg(a)
     tf = SimMIMTransform(192, AugConfig(), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    out = tf(data, seed=5) * 255
+    out = tf.collate([tf(data, seed=5)])[0] * 255
     rng = random.Random(5)
     top, left, h, w = sample_rrc_box(375, 500, (0.67, 1.0), (3 / 4, 4 / 3), rng)
     flip = rng.random() < 0.5
@@ -81,7 +81,8 @@ def test_eval_transform_matches_timm_resize_and_centre_crop():
     a = np.asarray(Image.fromarray(skdata.coffee()).resize((500, 375)))
     data = jpeg(a)
     aug = AugConfig()
-    ours = EvalTransform(224, aug, (0.5,) * 3, (0.5,) * 3)(data, 0)
+    tf = EvalTransform(224, aug, (0.5,) * 3, (0.5,) * 3)
+    ours = tf.collate([tf(data, 0)])[0]
     timm_tf = create_transform(224, is_training=False, crop_pct=0.875, interpolation="bicubic",
                                mean=(0.5,) * 3, std=(0.5,) * 3)  # fmt: skip
     ref = timm_tf(Image.open(io.BytesIO(data)))

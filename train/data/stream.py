@@ -184,7 +184,7 @@ class StreamDataset(IterableDataset):
                 if len(images) == plan.batch_sizes[st.batches]:
                     st.batches += 1
                     meta = {"worker": w, "state": asdict(st)}
-                    yield torch.stack(images), torch.from_numpy(np.stack(targets)), meta
+                    yield self.transform.collate(images), torch.from_numpy(np.stack(targets)), meta
                     images, targets = [], []
                     if st.batches == quota:
                         logger.summary(st)

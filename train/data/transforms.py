@@ -1,8 +1,9 @@
 """Per-sample transforms (SimMIM, supervised, eval) and timm's Mixup/CutMix for the batch.
 
-Every transform takes the raw image and an integer seed and returns a normalised float tensor
-(3, H, W). Seeding per sample (from epoch and stream position) is what makes a restored stream
-reproduce the augmentations of an uninterrupted one.
+Every transform takes the raw image and an integer seed and returns a (3, H, W) tensor; its
+`collate` turns a list of them into the normalised float batch (SimMIM and eval normalise the
+stacked uint8 batch in one operation). Seeding per sample (from epoch and stream position) is what
+makes a restored stream reproduce the augmentations of an uninterrupted one.
 
 SimMIM and eval avoid PIL: the crop box is chosen on the stored size, the JPEG is decoded at the
 smallest DCT scale that still covers the box at the output resolution, and torch's uint8
@@ -65,7 +66,7 @@ def crop_resize(data: RawImage, box: Box, out: tuple[int, int], mode: str, flip:
 
 
 class Normalize:
-    """uint8 (3, H, W) -> float (3, H, W), (x / 255 - mean) / std in one fused multiply-add."""
+    """uint8 (..., 3, H, W) -> float, (x / 255 - mean) / std in one fused multiply-add."""
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         self.scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(3, 1, 1)
@@ -88,7 +89,10 @@ class SimMIMTransform:
         h, w = image_size(data)
         box = sample_rrc_box(h, w, self.aug.simmim_scale, self.aug.simmim_ratio, rng)
         flip = rng.random() < 0.5
-        return self.normalize(crop_resize(data, box, self.size, self.aug.simmim_interpolation, flip))
+        return crop_resize(data, box, self.size, self.aug.simmim_interpolation, flip)
+
+    def collate(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return self.normalize(torch.stack(images))
 
 
 class EvalTransform:
@@ -103,14 +107,17 @@ class EvalTransform:
     def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
         h, w = image_size(data)
         if self.aug.eval_no_crop:
-            return self.normalize(crop_resize(data, (0, 0, h, w), (self.size, self.size), self.aug.interpolation))
+            return crop_resize(data, (0, 0, h, w), (self.size, self.size), self.aug.interpolation)
         # torchvision's geometry exactly (Resize(int(size / crop_pct)) then CenterCrop(size)): the
         # resize runs on the whole image so the crop falls on the same pixel grid as timm's.
         short = int(math.floor(self.size / self.aug.crop_pct))
         out = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
         img = crop_resize(data, (0, 0, h, w), out, self.aug.interpolation)
         top, left = int(round((out[0] - self.size) / 2.0)), int(round((out[1] - self.size) / 2.0))
-        return self.normalize(img[:, top : top + self.size, left : left + self.size])
+        return img[:, top : top + self.size, left : left + self.size]
+
+    def collate(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return self.normalize(torch.stack(images))
 
 
 class SupervisedTransform:
@@ -151,6 +158,9 @@ class SupervisedTransform:
         f = self.size / (self.min_side_frac * min(h, w))
         img = decode_rgb(data, min_size=(math.ceil(h * f), math.ceil(w * f)) if f < 1 else (0, 0))
         return self.tf(Image.fromarray(img))
+
+    def collate(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(images)  # timm's transform has normalised already
 
 
 def build_transform(task: str, img_size: int, aug: AugConfig, cfg: DataConfig):
