@@ -188,3 +188,10 @@ def test_imagefolder_source(tmp_path):
     assert len(loader) == 3
     assert sum(len(y) for _, y in loader) == 12
     assert np.isclose(loader.stats["bad_fraction"], 0.0)
+
+
+def test_pipe_urls_stream_without_seeking(id_shards):
+    path, n = id_shards
+    cfg = cfg_for("pipe:cat " + path + "/ids-{000..005}.tar", n, workers=0, index_path=path + "/index.json")
+    seen = [i for r in range(2) for b in run_epoch(cfg, "supervised", r, 2, batch=4) for i in b]
+    assert sorted(seen) == list(range(n))

@@ -10,6 +10,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from webdataset.gopen import gopen
@@ -70,18 +71,24 @@ class WebDatasetSource(Source):
         self.num_classes = index.num_classes
         self.class_names = index.class_names
 
-    def _open(self, url: str) -> tarfile.TarFile:
-        if is_remote(url):
-            return tarfile.open(fileobj=gopen(url, "rb"), mode="r|*")
-        # Seekable mode: members before `start` are skipped by seeking over their data.
-        return tarfile.open(url, mode="r:*")
+    def _open(self, url: str) -> tuple[tarfile.TarFile, Any]:
+        """The tar, and the stream under it for remote URLs (tarfile never closes a given file object)."""
+        if not is_remote(url):
+            # Seekable mode: members before `start` are skipped by seeking over their data.
+            return tarfile.open(url, mode="r:*"), None
+        stream = gopen(url, "rb")
+        try:
+            return tarfile.open(fileobj=stream, mode="r|*"), stream
+        except Exception:
+            stream.close()
+            raise
 
     def read(self, unit: int, start: int, stop: int) -> Iterator[RawSample | Bad]:
         url = self.units[unit]
         ordinal = -1  # index of the sample whose members are being read
         key, members = None, {}
         try:
-            tar = self._open(url)
+            tar, stream = self._open(url)
         except Exception as exc:
             for i in range(start, stop):
                 yield Bad(url, f"#{i}", "unopenable", f"cannot open shard: {exc}")
@@ -120,6 +127,8 @@ class WebDatasetSource(Source):
                 yield Bad(url, f"#{i}", "missing", f"shard ended after {ordinal + 1} samples; index says more")
         finally:
             tar.close()
+            if stream is not None:
+                stream.close()
 
 
 def _pick(members: dict[str, bytes]) -> tuple[bytes | None, bytes | None]:
