@@ -195,3 +195,16 @@ def test_pipe_urls_stream_without_seeking(id_shards):
     cfg = cfg_for("pipe:cat " + path + "/ids-{000..005}.tar", n, workers=0, index_path=path + "/index.json")
     seen = [i for r in range(2) for b in run_epoch(cfg, "supervised", r, 2, batch=4) for i in b]
     assert sorted(seen) == list(range(n))
+
+
+def test_a_loop_left_early_continues_where_it_stopped(fmnist_shards):
+    expected = list(simmim_loader(fmnist_shards, 2))
+    loader = simmim_loader(fmnist_shards, 2)
+    got = []
+    for batch in loader:
+        got.append(batch)
+        if len(got) == 5:
+            break
+    got += list(loader)
+    assert len(got) == len(expected)
+    assert all(torch.equal(g[0], e[0]) and torch.equal(g[1], e[1]) for g, e in zip(got, expected))

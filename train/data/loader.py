@@ -75,7 +75,6 @@ class Loader:
 
     def _reset(self) -> None:
         self.dataset.states = [WorkerState() for _ in range(self.dataset.num_workers)]
-        self.dataset.rotation = 0
 
     @property
     def batches_done(self) -> int:
@@ -118,7 +117,6 @@ class Loader:
             )
         self.dataset.epoch = int(state["epoch"])
         self.dataset.states = [WorkerState(**s) for s in state["workers"]]
-        self.dataset.rotation = self.batches_done % self.dataset.num_workers
 
     def _layout_key(self) -> dict[str, Any]:
         ds = self.dataset
@@ -136,6 +134,9 @@ class Loader:
         if self.batches_done >= self._len:  # the stored epoch is complete: go on to the next
             self.dataset.epoch += 1
             self._reset()
+        # Continuing a part-read epoch (restored, or a loop left early): the next batch belongs to
+        # logical worker batches_done % num_workers, so DataLoader's worker 0 must play that one.
+        self.dataset.rotation = self.batches_done % self.dataset.num_workers
         before = self.bad_samples - sum(s.bad for s in self.dataset.states)
         for images, target, meta in self._batches():
             self.dataset.states[meta["worker"]] = WorkerState(**meta["state"])
