@@ -13,13 +13,20 @@ The trainer's interface::
         ...                      # simmim: target = mask (B, H/4, W/4) int64, 1 = masked
                                  # supervised: labels (B,) int64 (apply build_mixup's Mixup here)
                                  # eval: labels (B,) int64, -1 for padding (ignore in metrics)
-    state = loader.state_dict()  # save per rank with the checkpoint, after the step that used the batch
-    loader.load_state_dict(state)  # continues with exactly the next batch
+    state = loader.state_dict()  # per rank (small dict: epoch + per-worker position and counters);
+                                 # take it after the step that used the last batch
+    loader.load_state_dict(state)  # then iterating continues with exactly the next batch; needs the
+                                 # same world size, rank, num_workers, batch size, seed and shards
     loader.stats                 # {"seen", "bad", "bad_fraction", "bad_kinds", "padded", ...} this epoch
     loader.bad_samples           # bad samples seen by this loader object
     loader.mask_generator        # MaskGenerator (simmim) or None
     loader.mean, loader.std      # normalisation, to un-normalise images for visualisation
     mixup = build_mixup(aug, num_classes)  # timm Mixup/CutMix with label smoothing, or None
+
+Iterating a loader runs the rest of its current epoch; after a complete epoch the next iteration
+starts the next epoch by itself. Every rank yields `len(loader)` batches: training drops the remainder of
+an epoch that does not fill a batch on every rank (a different few samples each epoch, as shard
+order and samples are reshuffled from (seed, epoch)); eval yields every sample once and pads to equal batches.
 
 Bad samples are skipped, counted and logged (rate-limited, with shard and key); more than
 `data.max_bad_fraction` of them raises `BadDataError`. Shards and their index JSON come from the

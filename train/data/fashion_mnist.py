@@ -10,6 +10,9 @@ DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+# Pixel statistics of the training split (grey, repeated over RGB): set data.mean / data.std to these.
+MEAN = (0.2860, 0.2860, 0.2860)
+STD = (0.3530, 0.3530, 0.3530)
 SPLIT_PREFIX = {"train": "train", "test": "t10k", "val": "t10k"}
 
 

@@ -40,36 +40,32 @@ class WorkerState:
 
 
 class Cursor:
-    """Raw samples along an infinite iterator of segments, with skipping that reads no image data."""
+    """Raw samples along an infinite iterator of segments, starting `start` samples in.
 
-    def __init__(self, source: Source, segments: Iterator[Segment]) -> None:
+    Whole segments before `start` are passed over unopened; inside the first one the source skips
+    members without reading their data.
+    """
+
+    def __init__(self, source: Source, segments: Iterator[Segment], start: int) -> None:
         self.source, self.segments = source, segments
         self.items: Iterator[RawSample | Bad] = iter(())
         self.left = 0  # items left in the open segment
         self.wrap = False
+        self.skip = start
 
-    def _open(self, skip: int) -> None:
-        """Opens the segment holding the sample `skip` places ahead; whole segments are passed over."""
+    def _open(self) -> None:
         seg = next(self.segments)
-        while skip >= len(seg):
-            skip -= len(seg)
+        while self.skip >= len(seg):
+            self.skip -= len(seg)
             seg = next(self.segments)
-        self.items = self.source.read(seg.unit, seg.start + skip, seg.stop)
-        self.left, self.wrap = len(seg) - skip, seg.wrap
-
-    def skip(self, n: int) -> None:
-        if n < self.left:
-            for _ in range(n):  # inside an open shard: advance without decoding
-                next(self.items)
-            self.left -= n
-        else:
-            self._open(n - self.left)
+        self.items = self.source.read(seg.unit, seg.start + self.skip, seg.stop)
+        self.left, self.wrap, self.skip = len(seg) - self.skip, seg.wrap, 0
 
     def take(self, n: int) -> list[tuple[RawSample | Bad, bool]]:
         out = []
         while len(out) < n:
             if self.left == 0:
-                self._open(0)
+                self._open()
             out.append((next(self.items), self.wrap))
             self.left -= 1
         return out
@@ -156,9 +152,8 @@ class StreamDataset(IterableDataset):
         quota = len(plan.batch_sizes)
         if st.batches >= quota:
             return
-        cursor = Cursor(self.source, plan.segments)
         start, size = plan.block(st.position, self.block)
-        cursor.skip(start)
+        cursor = Cursor(self.source, plan.segments, start)
         logger = _BadLog(self.rank, w)
         images, targets = [], []
         consecutive_bad = 0
