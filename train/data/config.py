@@ -68,7 +68,8 @@ class DataConfig:
     # Training shuffles the shard order per epoch from (seed, epoch), then samples within blocks of
     # this many (held undecoded by each worker); 0 or 1 keeps the order within shards.
     shuffle_buffer: int = 1000
-    # Shards drawn with replacement (infinite stream); an epoch is then `samples_per_epoch` samples.
+    # Shards drawn with replacement (infinite stream); an epoch is then `samples_per_epoch` samples
+    # (default: the index's total). Without resampling an epoch is always every indexed sample.
     resampled: bool = False
     samples_per_epoch: int | None = None
     # Fraction of bad samples (per rank) above which the run stops; checked once `bad_check_after`

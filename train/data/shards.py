@@ -37,8 +37,8 @@ class Ref:
     """Where one input image lives: a file, a member of a tar (by offset), or a row of an array file."""
 
     kind: str  # file | tar | idx
-    path: str
-    offset: int
+    path: str  # the file, the tar, or the IDX directory
+    offset: int  # tar: offset of the member's data; idx: row
     size: int
     label: int
     name: str
@@ -96,22 +96,22 @@ def imagenet22k_refs(root: str, classes: list[str] | None = None) -> tuple[list[
 
 def fashion_mnist_refs(root: str, split: str) -> tuple[list[Ref], list[str]]:
     """Rows of the IDX files; the images file is loaded once per writer process."""
-    images, labels = fashion_mnist.load_split(root, split)
-    prefix = fashion_mnist.SPLIT_PREFIX[split]
+    _, labels = fashion_mnist.load_split(root, split)
     root = root or fashion_mnist.DEFAULT_DIR
-    refs = [Ref("idx", os.path.join(root, prefix), i, 0, int(y), f"{split}/{i}") for i, y in enumerate(labels)]
+    refs = [Ref("idx", root, i, 0, int(y), f"{split}/{i}") for i, y in enumerate(labels)]
     return refs, list(fashion_mnist.CLASS_NAMES)
 
 
-_arrays: dict[str, np.ndarray] = {}
+_arrays: dict[tuple[str, str], np.ndarray] = {}  # IDX images by (root, split), once per process
 
 
 def _load(ref: Ref) -> tuple[bytes | np.ndarray, str]:
     """The stored image: (bytes, extension) for files and tar members, (array, "png") for IDX rows."""
     if ref.kind == "idx":
-        if ref.path not in _arrays:
-            _arrays[ref.path] = fashion_mnist.load_split(os.path.dirname(ref.path), _split_of(ref))[0]
-        return _arrays[ref.path][ref.offset], "png"
+        split = ref.name.split("/", 1)[0]
+        if (ref.path, split) not in _arrays:
+            _arrays[ref.path, split] = fashion_mnist.load_split(ref.path, split)[0]
+        return _arrays[ref.path, split][ref.offset], "png"
     with open(ref.path, "rb") as f:
         if ref.kind == "tar":
             f.seek(ref.offset)
@@ -120,10 +120,6 @@ def _load(ref: Ref) -> tuple[bytes | np.ndarray, str]:
             data = f.read()
     ext = os.path.splitext(ref.name)[1].lower().lstrip(".")
     return data, "jpg" if ext in ("jpeg", "jpg") else ext
-
-
-def _split_of(ref: Ref) -> str:
-    return ref.name.split("/", 1)[0]
 
 
 def _encode(data: bytes | np.ndarray, ext: str, opts: WriteOptions) -> tuple[bytes, str]:

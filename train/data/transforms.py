@@ -12,6 +12,7 @@ antialiased interpolation resizes it (several times faster than PIL's resize).
 
 import math
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from PIL import Image
 
 from train.data.config import AugConfig, DataConfig
 from train.data.decode import RawImage, decode_rgb, image_size
+
+if TYPE_CHECKING:
+    from timm.data import Mixup  # imported lazily: timm takes seconds to import
 
 Box = tuple[int, int, int, int]  # top, left, height, width in stored-image pixels
 
@@ -163,7 +167,9 @@ class SupervisedTransform:
         return torch.stack(images)  # timm's transform has normalised already
 
 
-def build_transform(task: str, img_size: int, aug: AugConfig, cfg: DataConfig):
+def build_transform(
+    task: str, img_size: int, aug: AugConfig, cfg: DataConfig
+) -> SimMIMTransform | SupervisedTransform | EvalTransform:
     """The per-sample transform of a task: "simmim", "supervised" or "eval"."""
     classes = {"simmim": SimMIMTransform, "supervised": SupervisedTransform, "eval": EvalTransform}
     if task not in classes:
@@ -171,7 +177,7 @@ def build_transform(task: str, img_size: int, aug: AugConfig, cfg: DataConfig):
     return classes[task](img_size, aug, tuple(cfg.mean), tuple(cfg.std))
 
 
-def build_mixup(aug: AugConfig, num_classes: int):
+def build_mixup(aug: AugConfig, num_classes: int) -> "Mixup | None":
     """timm's Mixup/CutMix with label smoothing (applied by the trainer on the batch), or None when off.
 
     It needs an even batch size. With it off, the trainer applies `aug.label_smoothing` in its loss.
