@@ -1,7 +1,10 @@
 """Streaming: every sample once per epoch on 2 ranks x 2 workers, equal batches, exact resume."""
 
+import functools
+import http.server
 import io
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -208,3 +211,19 @@ def test_a_loop_left_early_continues_where_it_stopped(fmnist_shards):
     got += list(loader)
     assert len(got) == len(expected)
     assert all(torch.equal(g[0], e[0]) and torch.equal(g[1], e[1]) for g, e in zip(got, expected))
+
+
+def test_http_urls_and_index_beside_them(id_shards):
+    path, n = id_shards
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=path)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/ids-{{000..005}}.tar"
+        cfg = cfg_for(url, n, workers=0)  # index.json is fetched from beside the shards
+        seen = [i for r in range(2) for b in run_epoch(cfg, "supervised", r, 2, batch=4) for i in b]
+        assert sorted(seen) == list(range(n))
+    finally:
+        server.shutdown()
+        server.server_close()
