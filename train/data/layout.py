@@ -53,8 +53,6 @@ class WorkerPlan:
 class EpochLayout:
     batches_per_rank: int
     samples_per_rank: int  # samples the rank yields (train: batches * batch_size)
-    total_samples: int
-    unit_order: list[int]
 
 
 def rng_for(*keys: int) -> random.Random:
@@ -115,7 +113,7 @@ def plan_epoch(
             rng = rng_for(seed, epoch, rank, w, 1)
             draws = (Segment(u, 0, counts[u]) for u in iter(lambda r=rng: r.choice(nonempty), None))
             plans.append(WorkerPlan(sizes[w], draws, None))
-        return EpochLayout(batches, batches * batch_size, n, order), plans
+        return EpochLayout(batches, batches * batch_size), plans
 
     if shuffle:
         rng_for(seed, epoch, 0).shuffle(order)
@@ -139,7 +137,7 @@ def plan_epoch(
         own = _segments(order, counts, start, stop, wrap=False)
         start = stop
         plans.append(WorkerPlan(sizes[w], _chain(own, rank_segments), stop - start_w))
-    return EpochLayout(batches, per_rank, total, order), plans
+    return EpochLayout(batches, per_rank), plans
 
 
 def _chain(own: list[Segment], rank_segments: list[Segment]) -> Iterator[Segment]:

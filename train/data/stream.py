@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from train.data.layout import Segment, WorkerPlan, plan_epoch, rng_for
+from train.data.layout import EpochLayout, Segment, WorkerPlan, plan_epoch, rng_for
 from train.data.masking import MaskGenerator
 from train.data.sources import Bad, RawSample, Source
 
@@ -111,7 +111,7 @@ class StreamDataset(IterableDataset):
         # rank batch k, worker 0 must produce batch k, which belongs to logical worker k % num_workers.
         self.rotation = 0
 
-    def plan(self) -> tuple[Any, list[WorkerPlan]]:
+    def plan(self) -> tuple[EpochLayout, list[WorkerPlan]]:
         return plan_epoch(
             self.source.counts,
             epoch=self.epoch,
