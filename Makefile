@@ -1,10 +1,15 @@
-# The README's commands. Everything installs into .venv on first use.
+# The README's commands. Everything installs on first use: the .venv, and Fashion-MNIST
+# (Debian package dataset-fashion-mnist) for the demo and the tests.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SHARDS  := data/fashion-mnist
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export WANDB_SILENT := true
 
 .PHONY: setup demo test bench lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(FMNIST)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -12,14 +17,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(FMNIST):
+	@command -v apt-get >/dev/null || { echo "Fashion-MNIST is missing: install the package dataset-fashion-mnist (Debian/Ubuntu) or copy its IDX files to $(dir $(FMNIST))"; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# SimMIM pretraining -> fine-tuning -> evaluation of a small SwinV2 on Fashion-MNIST shards.
+demo: setup
+	$(PY) -m train.data.shards_cli fashion-mnist $(SHARDS)/train --split train --prefix train --samples-per-shard 5000 --no-progress
+	$(PY) -m train.data.shards_cli fashion-mnist $(SHARDS)/test --split test --prefix test --samples-per-shard 5000 --no-progress
+	$(PY) -m train experiment=demo_simmim
+	$(PY) -m train experiment=demo_finetune
+	$(PY) -m train experiment=demo_eval
+
 test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) bench/bench_model.py
+	$(PY) bench/bench_data.py
 
 lint: setup
 	$(PY) -m ruff check swinv2 train tests bench
 
 clean:
-	rm -rf .venv
+	rm -rf .venv runs data
