@@ -4,7 +4,8 @@ continuous position bias (log-CPB), computed by one of three interchangeable ker
 Kernels (numerically equivalent, chosen per stage with ``attn_impl``):
 - ``math``: explicit ``softmax(q k^T + bias) v``; the reference formulation.
 - ``sdpa``: ``F.scaled_dot_product_attention`` with the logit scale folded into q and the
-  position bias + shift mask as the additive mask (fused kernels on CPU and GPU).
+  position bias + shift mask as the additive mask (fused kernels on GPU, and on CPU without
+  gradients; CPU training uses the ``math`` form, which torch's fallback would only slow down).
 - ``sequential``: the paper's sequential self-attention (section 3.5): windows are processed in
   chunks of ``chunk_windows`` and each chunk is recomputed in the backward pass, so the attention
   memory of a block grows with the chunk, not with the number of windows.
@@ -58,12 +59,17 @@ def relative_position_index(window: tuple[int, int]) -> torch.Tensor:
 
 def _math_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     # q is already normalised and scaled; bias broadcasts to (B_, H, N, N)
-    attn = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1)
-    return attn @ v
+    attn = q @ k.transpose(-2, -1)
+    attn += bias  # in place: the matmul's backward does not need its output, so save an N x N buffer
+    return attn.softmax(dim=-1) @ v
 
 
 def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+    if q.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled():
+        # CPU flash attention has no gradient for the mask (our learned position bias), so torch
+        # would fall back to its math path, whose _safe_softmax adds three passes over N x N.
+        return _math_kernel(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
 
 
 def _shift_bias(region_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -144,10 +150,12 @@ class WindowAttention(nn.Module):
 
     def position_bias(self) -> torch.Tensor:
         """16 * sigmoid(cpb_mlp(table)) gathered for every token pair. Returns (H, N, N)."""
-        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        # The sigmoid runs on the (2Wh-1)*(2Ww-1) table before the gather instead of on N^2 pairs;
+        # index_select on the head-major table gives a contiguous result and its backward
+        # (index_add) is far faster than that of advanced indexing (index_put with accumulate).
+        table = 16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads))
         n = self.window[0] * self.window[1]
-        bias = table[self.relative_position_index.view(-1)].view(n, n, self.num_heads)
-        return 16 * torch.sigmoid(bias.permute(2, 0, 1))
+        return table.t().index_select(1, self.relative_position_index.view(-1)).view(-1, n, n)
 
     def forward(self, x: torch.Tensor, region_ids: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B*nW, N, C) windows; region_ids: (nW, N) shift-region id per token, or None
@@ -159,8 +167,9 @@ class WindowAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, qkv_bias).view(bw, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW, H, N, d)
         scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
-        # cos(q, k) * scale == (scale * q/|q|) . (k/|k|): folding the scale into q saves a pass over N x N
-        q = F.normalize(q, dim=-1) * scale
+        # cos(q, k) * scale == (scale * q/|q|) . (k/|k|): folding the scale into q's normalisation
+        # saves a pass over N x N and one over q
+        q = q * (scale / q.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         k = F.normalize(k, dim=-1)
         bias = self.position_bias().to(q.dtype)  # (H, N, N)
 
