@@ -29,12 +29,12 @@ def window_partition(x: torch.Tensor, window: Pair) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0] * window[1], c)
 
 
-def window_reverse(windows: torch.Tensor, window: Pair, size: Pair) -> torch.Tensor:
-    """(B*nW, Wh*Ww, C) -> (B, H, W, C)."""
-    h, w = size
-    c = windows.shape[-1]
-    x = windows.view(-1, h // window[0], w // window[1], window[0], window[1], c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
+def window_token_order(size: Pair, window: Pair, shift: Pair) -> torch.Tensor:
+    """Source index (h * W + w) of every token of every window after the cyclic shift, in window
+    order: ``x.view(B, H*W, C)[:, order]`` is ``window_partition(roll(x, -shift), window)``.
+    Returns (nW*N,) int64."""
+    ids = torch.arange(size[0] * size[1]).view(1, *size, 1)
+    return window_partition(torch.roll(ids, shifts=(-shift[0], -shift[1]), dims=(1, 2)), window).flatten()
 
 
 def shift_region_ids(size: Pair, window: Pair, shift: Pair) -> torch.Tensor:
@@ -119,6 +119,8 @@ class SwinTransformerV2Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim) if extra_norm else None
         self.register_buffer("region_ids", None, persistent=False)
+        self.register_buffer("token_order", torch.empty(0, dtype=torch.long), persistent=False)
+        self.register_buffer("token_restore", torch.empty(0, dtype=torch.long), persistent=False)
         self.reset_buffers()
 
     @property
@@ -126,19 +128,22 @@ class SwinTransformerV2Block(nn.Module):
         return any(self.shift_size)
 
     def reset_buffers(self) -> None:
+        device = self.norm1.weight.device
         if self.shifted:
             ids = shift_region_ids(self.input_resolution, self.window_size, self.shift_size)
-            self.region_ids = ids.to(self.norm1.weight.device)
+            self.region_ids = ids.to(device)
+        order = window_token_order(self.input_resolution, self.window_size, self.shift_size)
+        self.token_order = order.to(device)
+        self.token_restore = torch.argsort(order).to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         shortcut = x
-        if self.shifted:
-            x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-        windows = self.attn(window_partition(x, self.window_size), self.region_ids)
-        x = window_reverse(windows, self.window_size, (h, w))
-        if self.shifted:
-            x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+        # Cyclic shift + window partition (and back) as one gather each: torch.roll copies the
+        # map once per dim through cat, and the partition's permute copies it again.
+        windows = x.reshape(b, h * w, c).index_select(1, self.token_order)
+        windows = self.attn(windows.view(-1, self.window_size[0] * self.window_size[1], c), self.region_ids)
+        x = windows.view(b, h * w, c).index_select(1, self.token_restore).view(b, h, w, c)
         x = shortcut + self.drop_path(self.norm1(x))
         x = x + self.drop_path(self.norm2(self.mlp(x)))
         if self.norm3 is not None:
