@@ -20,6 +20,7 @@ from train.config import ConfigError, RunConfig, register_configs, resolve_devic
 from train.data import BadDataError
 from train.distributed import init_distributed, shutdown, world_size_from_env
 from train.evaluate import run_evaluation
+from train.preemption import REQUEUE_EXIT_CODE, Preempted
 from train.trainer import TrainingDiverged, run_training
 
 # Errors a user can cause and fix: one line on stderr, no traceback.
@@ -61,6 +62,9 @@ def run(raw: DictConfig) -> dict:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Preempted as stop:
+        log.warning("%s", stop)
+        sys.exit(REQUEUE_EXIT_CODE)
     finally:
         shutdown()
     if env.is_main:

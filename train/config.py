@@ -107,7 +107,7 @@ class WandbConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # 0: at every epoch end only
+    every_steps: int = 0  # 0: at every epoch end (and at the end) only
     keep_last: int = 2
 
 
@@ -122,6 +122,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     name: str = "run"
     run_dir: str = "runs/run"
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
     resume: str | None = None  # auto | PATH
     epochs: float = 300
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)

@@ -19,11 +19,14 @@ import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
-from train.config import ConfigError, RunConfig
+from swinv2 import CheckpointError
+from train.checkpoint import Checkpointer, read_trainer_state
+from train.config import RunConfig
 from train.data import build_loader
 from train.distributed import DistEnv, all_reduce_sum, broadcast_object
 from train.optim import build_optimizer, build_scheduler
+from train.parallelize import apply_activation_checkpointing, apply_compile
+from train.preemption import Preempted, PreemptionWatch
 from train.state import TrainState, rng_state, set_rng_state
 from train.strategies import build_strategy
 from train.tasks import build_task, evaluate, save_reconstruction_grid
@@ -62,6 +65,13 @@ class Trainer:
         self.autocast = autocast_for(cfg, env.device)
         self.micro_batch = cfg.batch_size // (env.world_size * cfg.optim.accum_steps)
         self.state = TrainState()
+        self.checkpointer = Checkpointer(
+            self.run_dir,
+            keep_last=cfg.checkpoint.keep_last,
+            keep_every=cfg.checkpoint.keep_every,
+            is_main=env.is_main,
+        )
+        self._saved_at: tuple[int, int] | None = None  # (step, epoch) of the last checkpoint
 
     # ----------------------------------------------------------------- setup
     def _loader(self, split: str):
@@ -99,8 +109,13 @@ class Trainer:
         total = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
 
-        model = self.task.build_model(device="cpu")
         self.strategy = build_strategy(cfg, env)
+        model = self.strategy.build_model(self.task.build_model)
+        # Memory features wrap blocks before the strategy shards them (see train/parallelize.py).
+        if cfg.strategy.activation_checkpointing:
+            apply_activation_checkpointing(model, cfg.strategy.activation_checkpointing)
+        if cfg.strategy.compile:
+            apply_compile(model)
         self.strategy.setup(model, lambda m: build_optimizer(m, cfg.optim, total_batch=cfg.batch_size))
         self.scheduler = build_scheduler(
             self.strategy.optimizer,
@@ -126,24 +141,16 @@ class Trainer:
         self.state.wandb_run_id = broadcast_object(self.tracker.run_id)
 
     def _maybe_resume(self) -> None:
-        cfg = self.cfg
-        existing = checkpoint_dirs(self.run_dir)
-        if cfg.resume is None:
-            if existing:
-                raise ConfigError(
-                    f"{self.run_dir} already holds checkpoints ({existing[-1].name}); pass resume=auto to "
-                    "continue that run, or choose another run_dir"
-                )
+        path = self.checkpointer.resolve(self.cfg.resume)
+        if path is None:
             return
-        if cfg.resume == "auto":
-            if not existing:
-                log.info("resume=auto: no checkpoint in %s, starting fresh", self.run_dir)
-                return
-            path = existing[-1]
-        else:
-            path = Path(cfg.resume)
-        ckpt = load_checkpoint(path)
-        self.strategy.load_state_dict(ckpt["strategy"])
+        ckpt = read_trainer_state(path)
+        try:
+            self.strategy.load(path)
+        except Exception as err:
+            raise CheckpointError(
+                f"{path}: cannot restore model/optimizer ({type(err).__name__}: {err})"
+            ) from err
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None and "ema" in ckpt:
             self.ema.load_state_dict(ckpt["ema"])
@@ -154,15 +161,18 @@ class Trainer:
             set_rng_state(ranks[self.env.rank]["rng"])
         else:
             log.warning(
-                "checkpoint was written by %d ranks, this run has %d: the data stream restarts its epoch",
+                "checkpoint was written by %d ranks, this run has %d: model and optimizer reshard, but the data "
+                "stream restarts epoch %d from its first sample",
                 len(ranks),
                 self.env.world_size,
+                self.state.epoch,
             )
+        self._saved_at = (self.state.step, self.state.epoch)
         log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
 
     # ------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
-        cfg, state = self.cfg, self.state
+        state = self.state
         bar = tqdm(
             total=self.total_steps,
             initial=state.step,
@@ -171,6 +181,13 @@ class Trainer:
             desc="train",
         )
         window = {"loss": 0.0, "n": 0, "images": 0, "t": time.perf_counter()}
+        with PreemptionWatch() as preemption:
+            self._loop(window, bar, preemption)
+        bar.close()
+        return self._summary()
+
+    def _loop(self, window: dict, bar: tqdm, preemption: PreemptionWatch) -> None:
+        cfg, state = self.cfg, self.state
         while state.step < self.total_steps:
             self.train_loader.set_epoch(state.epoch)
             batches = iter(self.train_loader)
@@ -192,10 +209,12 @@ class Trainer:
                     self._save_vis(images, target)
                 if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                     self.save()
+                if preemption.any_rank_signalled():
+                    self.save()
+                    bar.close()
+                    raise Preempted(state.step)
             epoch_done = state.step - state.epoch * self.steps_per_epoch >= self.steps_per_epoch
             self._end_epoch(epoch_loss, time.perf_counter() - epoch_start, finished=epoch_done)
-        bar.close()
-        return self._summary()
 
     def _train_step(self, batches) -> tuple[float, torch.Tensor, torch.Tensor]:
         cfg, state, strategy = self.cfg, self.state, self.strategy
@@ -297,12 +316,13 @@ class Trainer:
 
     # ---------------------------------------------------------- checkpoints
     def save(self) -> None:
+        """A checkpoint of the current step, written by every rank (once per step and epoch)."""
+        if self._saved_at == (self.state.step, self.state.epoch):
+            return
         ranks = _gather({"data": self.train_loader.state_dict(), "rng": rng_state()})
-        strategy_state = self.strategy.state_dict()
+        payload = None
         if self.env.is_main:
             payload = {
-                "model": self.strategy.module.state_dict(),  # read by swinv2.load_pretrained
-                "strategy": strategy_state,
                 "scheduler": self.scheduler.state_dict(),
                 "state": self.state.state_dict(),
                 "ranks": ranks,
@@ -310,9 +330,8 @@ class Trainer:
             }
             if self.ema is not None:
                 payload["ema"] = self.ema.state_dict()
-            save_checkpoint(self.run_dir, self.state.step, payload, keep_last=self.cfg.checkpoint.keep_last)
-        if dist.is_initialized():
-            dist.barrier()
+        self.checkpointer.save(self.state.step, self.strategy.save, payload)
+        self._saved_at = (self.state.step, self.state.epoch)
 
     def _summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {"step": self.state.step, "run_dir": str(self.run_dir)}

@@ -12,12 +12,18 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from train.checkpoint import DCP_DIR
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SCALER_FILE = "scaler.pt"
 
 
 @dataclass
@@ -35,6 +41,12 @@ class Strategy(ABC):
     def module(self) -> nn.Module:
         """The plain model underneath any wrapper (for evaluation and weights export)."""
 
+    def build_model(self, build: Callable[[str], nn.Module]) -> nn.Module:
+        """The model as ``setup`` wants it; ``build(device)`` is the task's builder. Whole and
+        initialised on the CPU here; sharding strategies build on the meta device (or under
+        ZeRO-3's partitioned init) so no rank ever holds the whole model."""
+        return build("cpu")
+
     @abstractmethod
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> None: ...
 
@@ -49,15 +61,19 @@ class Strategy(ABC):
     def step(self, clip_grad: float | None) -> StepResult: ...
 
     @abstractmethod
-    def state_dict(self) -> dict[str, Any]: ...
+    def save(self, directory: Path) -> None:
+        """Write model, optimizer and scaler state into ``directory``. Called on every rank with the
+        same directory (on storage every rank sees); the checkpointer makes it atomic."""
 
     @abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load(self, directory: Path) -> None:
+        """Restore what ``save`` wrote, possibly on a different world size where the format allows."""
 
 
 class TorchStrategy(Strategy):
     """Shared by strategies whose optimizer is a plain torch optimizer: fp16 loss scaling,
-    clipping by global norm, and the non-finite guard."""
+    clipping by global norm, the non-finite guard, and sharded checkpoints through
+    ``torch.distributed.checkpoint`` (DCP), which reshard on load to any world size."""
 
     def __init__(self, device: torch.device, precision: str) -> None:
         self.device = device
@@ -80,3 +96,22 @@ class TorchStrategy(Strategy):
         self.scaler.update()  # after an overflow the fp16 scale backs off
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(grad_norm=norm, skipped=skipped)
+
+    def save(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=directory / DCP_DIR)
+        if _is_rank0():
+            torch.save(self.scaler.state_dict(), directory / SCALER_FILE)
+
+    def load(self, directory: Path) -> None:
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=directory / DCP_DIR)
+        set_state_dict(
+            self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+        self.scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=True))
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0

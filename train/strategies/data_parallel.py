@@ -4,7 +4,6 @@ model and optimizer; DDP all-reduces gradients, skipping the all-reduce on accum
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import torch
 from torch import nn
@@ -40,15 +39,3 @@ class DataParallelStrategy(TorchStrategy):
         if self.distributed and not sync:
             return self.model.no_sync()
         return contextlib.nullcontext()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.module.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])

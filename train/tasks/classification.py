@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from swinv2 import build_model, load_pretrained
-from train.checkpoint import resolve_checkpoint
+from train.checkpoint import read_model_weights
 from train.data import PAD_LABEL, build_mixup
 from train.distributed import all_reduce_sum
 
@@ -36,11 +35,9 @@ class ClassificationTask(Task):
             cfg.model.name, num_classes=cfg.data.num_classes, device=device, **cfg.model.overrides()
         )
         if cfg.task.init_from:
-            source = Path(cfg.task.init_from)
-            # a run or checkpoint directory stands for its newest checkpoint file
-            path = resolve_checkpoint(source) if source.is_dir() else source
-            report = load_pretrained(model, path)
-            log.info("initialised from %s: %s", path, report)
+            # a weights file, or a checkpoint / run directory of this project (its newest checkpoint)
+            report = load_pretrained(model, read_model_weights(cfg.task.init_from))
+            log.info("initialised from %s: %s", cfg.task.init_from, report)
         return model
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
