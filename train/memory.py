@@ -25,6 +25,7 @@ gradients of qkv and the MLP hidden layer (3A + 2M).
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -62,8 +63,9 @@ STRATEGY_COST = {
     "deepspeed_zero3": 0.12,
 }
 OFFLOAD_COST = 0.5
-# Recomputing a chunk of sequential attention also costs a kernel launch per chunk and per block.
-SEQUENTIAL_CHUNK_COST = 0.002
+# Sequential attention also launches its kernels once per chunk: a small charge per stage that uses
+# it (at 16 windows per chunk), so that it is suggested only where it saves memory.
+SEQUENTIAL_STAGE_COST = 0.002
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,16 @@ class ModelShape:
 def model_shape(name: str, **overrides: Any) -> ModelShape:
     """Shapes of a named variant with constructor overrides (``img_size``, per-stage
     ``window_size``, ...), read from the model built on the meta device (exact parameter counts)."""
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()))
+    return _model_shape(name, frozen)
+
+
+@functools.lru_cache(maxsize=16)
+def _model_shape(name: str, overrides: tuple[tuple[str, Any], ...]) -> ModelShape:
+    # Building computes every block's position and shift tables on the CPU: seconds at 1536 px.
     from swinv2 import build_model
 
-    model = build_model(name, device="meta", **overrides)
+    model = build_model(name, device="meta", **dict(overrides))
     blocks = []
     for i, stage in enumerate(model.layers):
         for blk in stage.blocks:
@@ -291,22 +300,37 @@ class Estimate:
 
 
 def stage_memory(shape: ModelShape, plan: Plan) -> list[StageMemory]:
-    out = []
-    for i in range(shape.num_stages):
-        mems = [block_memory(b, plan, plan.attn_impl[i]) for b in shape.blocks if b.stage == i]
-        out.append(
-            StageMemory(
-                stage=i,
-                blocks=len(mems),
-                saved=sum(x.saved for x in mems),
-                checkpointed=sum(x.checkpointed for x in mems),
-                attn_saved=sum(x.attn_saved for x in mems),
-                attn_transient=max(x.attn_transient for x in mems),
-                recompute_peak=max(x.saved + x.transient for x in mems),
-                transient=max(x.transient for x in mems),
-            )
-        )
-    return out
+    return [
+        _stage_memory(shape, i, _activation_key(plan, plan.attn_impl[i])) for i in range(shape.num_stages)
+    ]
+
+
+def _activation_key(plan: Plan, impl: str) -> Plan:
+    """The part of a plan that activations depend on, so the search reuses stage results."""
+    return Plan(
+        strategy="single" if plan.strategy in AUTOCAST_STRATEGIES else "fsdp",
+        micro_batch=plan.micro_batch,
+        precision=plan.precision,
+        checkpoint=(),
+        attn_impl=(impl,),
+        chunk_windows=plan.chunk_windows if impl == "sequential" else 0,
+        device=plan.device,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _stage_memory(shape: ModelShape, stage: int, key: Plan) -> StageMemory:
+    mems = [block_memory(b, key, key.attn_impl[0]) for b in shape.blocks if b.stage == stage]
+    return StageMemory(
+        stage=stage,
+        blocks=len(mems),
+        saved=sum(x.saved for x in mems),
+        checkpointed=sum(x.checkpointed for x in mems),
+        attn_saved=sum(x.attn_saved for x in mems),
+        attn_transient=max(x.attn_transient for x in mems),
+        recompute_peak=max(x.saved + x.transient for x in mems),
+        transient=max(x.transient for x in mems),
+    )
 
 
 def activation_bytes(shape: ModelShape, plan: Plan) -> tuple[int, int]:
@@ -394,8 +418,7 @@ def recompute_cost(shape: ModelShape, plan: Plan) -> float:
         if plan.attn_impl[blk.stage] == "sequential":
             extra += attn
     cost = extra / flops + STRATEGY_COST[plan.strategy] + (OFFLOAD_COST if plan.offload else 0.0)
-    if "sequential" in plan.attn_impl:
-        cost += SEQUENTIAL_CHUNK_COST * 16 / plan.chunk_windows
+    cost += SEQUENTIAL_STAGE_COST * plan.attn_impl.count("sequential") * 16 / plan.chunk_windows
     return cost
 
 
@@ -467,12 +490,21 @@ def suggest(
     frag: float = 0.10,
     reserve_gib: float = 1.5,
 ) -> list[Estimate]:
-    """The ``limit`` cheapest plans that fit, cheapest first (see ``recompute_cost``); ties go to the
-    plan with the most free memory."""
+    """The ``limit`` cheapest plans that fit, cheapest first (see ``recompute_cost``; ties go to the
+    plan with the most free memory), one per choice of strategy, offload, checkpointing and
+    sequential stages (with the largest chunk that fits)."""
     fitting = [
         e
         for p in candidate_plans(base, shape.num_stages)
         if (e := estimate(shape, p, gpu_gib=gpu_gib, frag=frag, reserve_gib=reserve_gib)).fits
     ]
-    fitting.sort(key=lambda e: (round(e.cost, 4), e.total))
-    return fitting[:limit]
+    fitting.sort(key=lambda e: (e.cost, e.total))
+    seen: set[tuple] = set()
+    out = []
+    for e in fitting:
+        p = e.plan
+        key = (p.strategy, p.offload, p.checkpoint, p.attn_impl)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out[:limit]
