@@ -489,22 +489,19 @@ def suggest(
     limit: int = 5,
     frag: float = 0.10,
     reserve_gib: float = 1.5,
+    step_gib: float = 1.0,
 ) -> list[Estimate]:
-    """The ``limit`` cheapest plans that fit, cheapest first (see ``recompute_cost``; ties go to the
-    plan with the most free memory), one per choice of strategy, offload, checkpointing and
-    sequential stages (with the largest chunk that fits)."""
+    """Up to ``limit`` plans that fit, cheapest first (see ``recompute_cost``), each using less
+    memory (by at least ``step_gib``) than every cheaper one listed: the trade-off frontier between
+    speed and headroom."""
     fitting = [
         e
         for p in candidate_plans(base, shape.num_stages)
         if (e := estimate(shape, p, gpu_gib=gpu_gib, frag=frag, reserve_gib=reserve_gib)).fits
     ]
     fitting.sort(key=lambda e: (e.cost, e.total))
-    seen: set[tuple] = set()
-    out = []
+    out: list[Estimate] = []
     for e in fitting:
-        p = e.plan
-        key = (p.strategy, p.offload, p.checkpoint, p.attn_impl)
-        if key not in seen:
-            seen.add(key)
+        if not out or e.total <= out[-1].total - step_gib * GiB:
             out.append(e)
     return out[:limit]
