@@ -18,6 +18,9 @@ from swinv2 import ATTN_IMPLS, list_models
 from train.data.config import SOURCES, DataConfig
 
 TASKS = ("simmim", "finetune", "eval")
+STRATEGIES = (
+    "single", "ddp", "fsdp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "fairscale"
+)  # fmt: skip
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "multistep")
 
@@ -90,8 +93,18 @@ class OptimConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "single"  # single | ddp
-    find_unused_parameters: bool = False
+    """How the model is distributed and which memory features are applied (see train/parallelize.py)."""
+
+    name: str = "single"  # single | ddp | fsdp | deepspeed_zero1/2/3 | fairscale
+    find_unused_parameters: bool = False  # ddp
+    # Non-reentrant checkpointing of every block of the stages marked true, e.g. [true, true, true, false].
+    activation_checkpointing: list[bool] | None = None
+    compile: bool = False  # torch.compile per block (after checkpointing, before sharding)
+    reshard_after_forward: bool = True  # fsdp: free gathered params after forward (ZeRO-3); false: ZeRO-2
+    cpu_offload: bool = False  # fsdp: params, grads and optimizer state live on the CPU
+    # deepspeed_*: a plain DeepSpeed config; batch sizes, precision and clipping left "auto" are
+    # filled from the experiment (a value given explicitly must agree with it).
+    deepspeed: dict[str, Any] | None = None
 
 
 @dataclass
@@ -109,6 +122,7 @@ class WandbConfig:
 class CheckpointConfig:
     every_steps: int = 0  # 0: at every epoch end (and at the end) only
     keep_last: int = 2
+    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
 
 
 @dataclass
@@ -122,7 +136,6 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     name: str = "run"
     run_dir: str = "runs/run"
-    keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
     resume: str | None = None  # auto | PATH
     epochs: float = 300
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
@@ -223,6 +236,66 @@ def validate(cfg: RunConfig, world_size: int) -> None:
         raise ConfigError("optim.clip_grad must be a finite number or null")
     if cfg.precision == "fp16" and resolve_device(cfg) == "cpu":
         raise ConfigError("precision=fp16 needs a GPU; use precision=bf16 on CPU")
+    _validate_strategy(cfg, world_size, num_stages=len(model.layers))
+
+
+def _validate_strategy(cfg: RunConfig, world_size: int, *, num_stages: int) -> None:
+    s = cfg.strategy
+    _choice(s.name, STRATEGIES, "strategy.name")
+    on_cpu = resolve_device(cfg) == "cpu"
+    if s.name == "single" and world_size > 1:
+        raise ConfigError(f"strategy=single runs one process but WORLD_SIZE={world_size}; use strategy=ddp")
+    if s.activation_checkpointing is not None and len(s.activation_checkpointing) != num_stages:
+        raise ConfigError(
+            f"strategy.activation_checkpointing has {len(s.activation_checkpointing)} entries; the model has "
+            f"{num_stages} stages (e.g. [true, true, true, false])"
+        )
+    sharded = s.name == "fsdp" or s.name == "deepspeed_zero3"
+    if sharded and cfg.optim.ema_decay:
+        raise ConfigError(
+            f"optim.ema_decay needs whole parameters on every rank; strategy={s.name} shards them"
+        )
+    if s.name == "fsdp" and s.cpu_offload and on_cpu:
+        raise ConfigError("strategy.cpu_offload moves parameters off a GPU; on CPU set it to false")
+    if s.name.startswith("deepspeed"):
+        _validate_deepspeed(cfg, world_size, on_cpu=on_cpu)
+    if s.name == "fairscale":
+        import importlib.util
+
+        if importlib.util.find_spec("fairscale") is None:
+            raise ConfigError("strategy=fairscale needs the optional extra: pip install -e '.[fairscale]'")
+
+
+def _validate_deepspeed(cfg: RunConfig, world_size: int, *, on_cpu: bool) -> None:
+    import importlib.util
+
+    s = cfg.strategy
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"strategy={s.name} needs deepspeed: pip install deepspeed")
+    if not s.deepspeed:
+        raise ConfigError(
+            f"strategy={s.name} has no 'deepspeed:' section; use configs/strategy/{s.name}.yaml"
+        )
+    zero = s.deepspeed.get("zero_optimization", {})
+    stage = int(s.name[-1])
+    if zero.get("stage") != stage:
+        raise ConfigError(
+            f"strategy={s.name} has zero_optimization.stage={zero.get('stage')}; it must be {stage}"
+        )
+    offloaded = [
+        k for k in ("offload_optimizer", "offload_param") if zero.get(k, {}).get("device", "none") != "none"
+    ]
+    if offloaded and on_cpu:
+        raise ConfigError(
+            f"zero_optimization.{offloaded[0]} moves state off a GPU; on CPU use strategy={s.name}"
+        )
+    if s.compile and stage == 3:
+        raise ConfigError(
+            "strategy.compile with deepspeed_zero3 is not supported; use strategy=fsdp to compile"
+        )
+    from train.strategies.deepspeed_zero import deepspeed_config
+
+    deepspeed_config(cfg, world_size)  # raises where the DeepSpeed config disagrees with the experiment
 
 
 def resolve_device(cfg: RunConfig) -> str:
