@@ -12,6 +12,7 @@ kernels used here allocate any of size).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -22,7 +23,16 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 import swinv2
-from train.memory import GiB, Plan, estimate, model_shape, stage_memory, state_bytes, suggest
+from train.memory import (
+    GiB,
+    Plan,
+    activation_bytes,
+    estimate,
+    model_shape,
+    stage_memory,
+    state_bytes,
+    suggest,
+)
 from train.memory_cli import main
 
 
@@ -60,16 +70,26 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-def measure_stage(stage: torch.nn.Module, x: torch.Tensor, ckpt: bool) -> tuple[int, int]:
-    """(kept for backward, peak) in bytes of one forward + backward of ``stage``'s blocks."""
+def measure(module: torch.nn.Module, forward: Callable[[], torch.Tensor], x: torch.Tensor) -> tuple[int, int]:
+    """(kept for backward, peak) in bytes of ``forward()`` + backward, beyond ``module``'s weights
+    and buffers and the input ``x``."""
     with LiveBytes() as live:
-        live.exclude(x, *stage.parameters(), *stage.buffers())
-        y = x
-        for block in stage.blocks:
-            y = checkpoint(block, y, use_reentrant=False) if ckpt else block(y)
+        live.exclude(x, *module.parameters(), *module.buffers())
+        y = forward()
         kept = live.settle() - y.untyped_storage().nbytes()
-        y.sum().backward()  # the gradient of sum is an expanded scalar: no extra (B, H, W, C) tensor
+        y.sum().backward()  # the gradient of sum is an expanded scalar: no extra full-size tensor
     return kept, live.peak
+
+
+class _Checkpointed(torch.nn.Module):
+    """A block under non-reentrant activation checkpointing, wrapped from outside as the trainer does."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self.block, x, use_reentrant=False)
 
 
 # (feature map side, window, channels, heads, batch, dtype): attention-bound (N x N larger than the
@@ -102,7 +122,8 @@ def test_activation_and_peak_estimates_match_measured_cpu_memory(case, impl: str
     )
     stage = model.layers[0].to(dtype)  # one unshifted and one shifted block, no PatchMerging
     x = torch.randn(batch, side, side, dim, dtype=dtype)
-    kept, peak = measure_stage(stage, x, ckpt)
+    blocks = [_Checkpointed(b) if ckpt else b for b in stage.blocks]
+    kept, peak = measure(stage, lambda: blocks[1](blocks[0](x)), x)
 
     precision = "fp32" if dtype == torch.float32 else "bf16"
     # fsdp/DeepSpeed run bf16 without autocast, as the measured bf16 stage does; device="cpu"
@@ -121,6 +142,39 @@ def test_activation_and_peak_estimates_match_measured_cpu_memory(case, impl: str
     est_kept = st.checkpointed // st.blocks if ckpt else st.saved
     est_peak = est_kept + (st.recompute_peak if ckpt else st.transient)
     est_peak += sum(p.numel() * p.element_size() for p in stage.parameters())  # their gradients
+    assert est_kept == pytest.approx(kept, rel=0.2), (est_kept, kept)
+    assert est_peak == pytest.approx(peak, rel=0.2), (est_peak, peak)
+
+
+@pytest.mark.parametrize(
+    ("impl", "ckpt"), [("math", (False, False)), ("sequential", (True, False)), ("sdpa", (False, True))]
+)
+def test_whole_model_estimate_matches_measured_cpu_memory(impl: str, ckpt: tuple[bool, bool]) -> None:
+    """Embedding, two stages with PatchMerging, head; checkpointing per stage: the backward-order peak."""
+    overrides = dict(
+        img_size=64, window_size=8, embed_dim=32, depths=(2, 2), num_heads=(2, 4), drop_path_rate=0.0
+    )
+    torch.manual_seed(0)
+    model = swinv2.build_model(
+        "swinv2_tiny_window8_256", num_classes=10, attn_impl=impl, chunk_windows=2, **overrides
+    )
+    for stage, on in zip(model.layers, ckpt):
+        stage.blocks = torch.nn.ModuleList([_Checkpointed(b) if on else b for b in stage.blocks])
+    x = torch.randn(2, 3, 64, 64)
+    kept, peak = measure(model, lambda: model(x), x)
+    kept += x.numel() * x.element_size()  # the planner counts the batch the convolution saves
+
+    plan = Plan(
+        strategy="fsdp",
+        micro_batch=2,
+        precision="fp32",
+        checkpoint=ckpt,
+        attn_impl=(impl,) * 2,
+        chunk_windows=2,
+        device="cpu",
+    )
+    est_kept, est_transient = activation_bytes(model_shape("swinv2_tiny_window8_256", **overrides), plan)
+    est_peak = est_kept + est_transient + sum(p.numel() * p.element_size() for p in model.parameters())
     assert est_kept == pytest.approx(kept, rel=0.2), (est_kept, kept)
     assert est_peak == pytest.approx(peak, rel=0.2), (est_peak, peak)
 

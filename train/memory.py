@@ -85,9 +85,10 @@ class BlockShape:
     params: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelShape:
-    """Everything the memory model needs from a built (meta-device) SwinV2."""
+    """Everything the memory model needs from a built (meta-device) SwinV2. Compared by identity
+    (``model_shape`` caches them), so the search's caches do not hash every block."""
 
     name: str
     img_size: tuple[int, int]
@@ -334,15 +335,17 @@ def _stage_memory(shape: ModelShape, stage: int, key: Plan) -> StageMemory:
 
 
 def activation_bytes(shape: ModelShape, plan: Plan) -> tuple[int, int]:
-    """(kept for backward, peak transient on top) for the whole model under ``plan``."""
-    stages = stage_memory(shape, plan)
-    kept = other_activations(shape, plan)
-    transient = 0
-    for st, ckpt in zip(stages, plan.checkpoint):
+    """(kept for backward at the end of the forward, peak on top of that during backward).
+
+    Backward runs the stages in reverse and frees what each one kept, so while stage s is in its
+    backward only the stages before it still hold their activations; a checkpointed stage
+    rebuilds one block's saved tensors on top of the inputs it kept."""
+    kept = other_activations(shape, plan)  # embedding, merges, head: counted as held throughout
+    peak = 0
+    for st, ckpt in zip(stage_memory(shape, plan), plan.checkpoint):
         kept += st.checkpointed if ckpt else st.saved
-        # A checkpointed stage rebuilds one block's saved tensors during its backward.
-        transient = max(transient, st.recompute_peak if ckpt else st.transient)
-    return kept, transient
+        peak = max(peak, kept + (st.recompute_peak if ckpt else st.transient))
+    return kept, max(peak - kept, 0)
 
 
 def state_bytes(params: int, unit_params: int, plan: Plan) -> tuple[dict[str, int], int, list[str]]:
@@ -403,23 +406,27 @@ def state_bytes(params: int, unit_params: int, plan: Plan) -> tuple[dict[str, in
     return rows, cpu, notes
 
 
+@functools.lru_cache(maxsize=64)
+def stage_flops(shape: ModelShape) -> tuple[tuple[float, float], ...]:
+    """(forward FLOPs, forward FLOPs of the N x N products) per stage, per image."""
+    out = []
+    for i in range(shape.num_stages):
+        blocks = [b for b in shape.blocks if b.stage == i]
+        linear = sum(2 * b.tokens * (4 * b.dim**2 + 2 * b.dim * b.hidden) for b in blocks)
+        attn = sum(4 * b.tokens * b.window * b.dim for b in blocks)
+        out.append((linear + attn, attn))
+    return tuple(out)
+
+
 def recompute_cost(shape: ModelShape, plan: Plan) -> float:
     """Extra step time over a plain step, as a fraction: checkpointing recomputes a stage's forward
-    (forward ~ 1/3 of a step's FLOPs); sequential attention recomputes the attention products."""
-    b = plan.micro_batch
-    flops = 0.0
-    extra = 0.0
-    for blk in shape.blocks:
-        linear = 2 * b * blk.tokens * (4 * blk.dim**2 + 2 * blk.dim * blk.hidden)
-        attn = 4 * b * blk.tokens * blk.window * blk.dim
-        flops += 3 * (linear + attn)
-        if plan.checkpoint[blk.stage]:
-            extra += linear + attn
-        if plan.attn_impl[blk.stage] == "sequential":
-            extra += attn
-    cost = extra / flops + STRATEGY_COST[plan.strategy] + (OFFLOAD_COST if plan.offload else 0.0)
-    cost += SEQUENTIAL_STAGE_COST * plan.attn_impl.count("sequential") * 16 / plan.chunk_windows
-    return cost
+    (a step is ~3 forwards of FLOPs); sequential attention recomputes the attention products."""
+    flops = stage_flops(shape)
+    extra = sum(f for (f, _), c in zip(flops, plan.checkpoint) if c)
+    extra += sum(a for (_, a), impl in zip(flops, plan.attn_impl) if impl == "sequential")
+    cost = extra / (3 * sum(f for f, _ in flops))
+    cost += STRATEGY_COST[plan.strategy] + (OFFLOAD_COST if plan.offload else 0.0)
+    return cost + SEQUENTIAL_STAGE_COST * plan.attn_impl.count("sequential") * 16 / plan.chunk_windows
 
 
 def estimate(
