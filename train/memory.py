@@ -17,10 +17,17 @@ Activations are counted per block from the code in ``swinv2/model.py`` and ``swi
   a learned bias the model falls back to ``math`` (see ``_sdpa_kernel``), and so does this model;
 - ``sequential``: no N x N term; each chunk is recomputed in backward from the views of q, k, v.
 
-The transient peak of a block (live on top of what it saved, at its worst moment in backward) is
-the N x N gradients (math: grad of the softmax output and of the scores, 2S; sdpa: the dense
-gradient of the broadcast bias, S; sequential: one recomputed chunk, 4 x chunk*heads*N^2) plus the
-gradients of qkv and the MLP hidden layer (3A + 2M).
+The transient of a block is what its backward holds on top of what it saved, at the worse of two
+moments: in the MLP's backward, the gradients of the GELU output and of the residual stream
+(M + A); in the attention's backward, once the MLP, norms and proj have freed their tensors, the
+N x N gradients (math: of the softmax output and of the scores, 2S, then of the position bias;
+sdpa: the dense gradient of the broadcast bias, S, and its reductions to the mask and the bias;
+sequential: one recomputed chunk's mask, scores, softmax output and gradients, about 3 x
+chunk*heads*N^2) plus the gradients of q, k, v. Backward runs the stages in reverse and frees as it
+goes, so the step's peak is the largest of "activations of the stages up to s + stage s's
+transient" (a checkpointed stage rebuilds one block's saved tensors first).
+
+Checked against measured CPU memory in ``tests/test_memory.py`` (within 20%; kept bytes within 3%).
 """
 
 from __future__ import annotations
@@ -229,7 +236,8 @@ def block_memory(block: BlockShape, plan: Plan, impl: str) -> BlockMemory:
     norms = 3 if block.extra_norm else 2
     # Saved by proj, norm1, fc1, GELU, fc2, norm2 (and norm3): freed before the attention's backward.
     tail = e * (2 * a + 2 * m) + w * (norms * a) + 4 * 2 * norms * rows
-    head = e * (4 * a + 2 * a) + w * 5 * norm_vecs + e * block.cpb_table * block.cpb_hidden
+    # qkv input A, qkv 3A, normalised q and k 2A, q/k norm vectors, and the CPB MLP's hidden layer
+    front = e * 6 * a + w * 5 * norm_vecs + e * block.cpb_table * block.cpb_hidden
     grads = 2 * e * a  # gradient of the residual stream and of the attention output
     if impl == "math":
         attn_saved = w * s + e * a  # softmax output, contiguous copy of v for the batched matmul
@@ -247,8 +255,8 @@ def block_memory(block: BlockShape, plan: Plan, impl: str) -> BlockMemory:
         # and the position bias's gradient, accumulated over the chunks
         attn_transient = w * 3 * chunk + e * chunk // block.heads + w * bias
         grads += 3 * e * a  # full-size gradients of q, k, v that the chunks accumulate into
-    saved = head + attn_saved + tail
-    mlp_phase = e * (m + a)  # gradient of the GELU output (its input's gradient replaces fc2's saved input)
+    saved = front + attn_saved + tail
+    mlp_phase = e * (m + a)  # gradients of the GELU output and of the residual stream
     attn_phase = attn_transient + grads - tail
     return BlockMemory(
         saved=saved,
@@ -383,6 +391,11 @@ def state_bytes(params: int, unit_params: int, plan: Plan) -> tuple[dict[str, in
             f"DeepSpeed: reduce + allgather buckets of {plan.ds_bucket_elems:.0e} elements each "
             "(reduce_bucket_size, allgather_bucket_size)"
         )
+        if s == "deepspeed_zero1" and mixed:
+            notes.append(
+                "ZeRO-1 bf16 with data_types.grad_accum_dtype=fp32 runs DeepSpeed's BF16_Optimizer: "
+                "+4 bytes/parameter for a full fp32 gradient buffer (not counted)"
+            )
         if plan.offload:
             cpu = (
                 rows["fp32 master"] + rows["optimizer (AdamW)"] + (fp32 // w if s == "deepspeed_zero2" else 0)

@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--offload", action="store_true", help="optimizer (ZeRO-3/FSDP: also parameters) on the CPU"
     )
+    ap.add_argument(
+        "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: sdpa runs the math kernel (CPU runs)"
+    )
     ap.add_argument("--frag", type=float, default=0.10, help="fragmentation margin, fraction of activations")
     ap.add_argument("--reserve-gb", type=float, default=1.5, help="CUDA context + workspaces + NCCL, GiB")
     ap.add_argument("--suggest", type=int, default=5, help="how many fitting plans to list (0: none)")
@@ -203,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         attn_impl=_impls(attn, n),
         chunk_windows=args.chunk or chunk,
         offload=args.offload,
+        device=args.device,
     )
     gpu = args.gpu_mem or PAPER["gpu_mem"]
     try:
