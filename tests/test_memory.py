@@ -6,8 +6,8 @@ returns and drops it when the storage is freed (a weak reference), so it follows
 alive at every op boundary of forward and backward (storages that exist before, such as weights and
 the input, are excluded). "kept" is what is still alive after the forward minus the output: exactly
 what autograd and checkpointing hold for backward. "peak" is the highest live total during forward
-+ backward. Scratch memory inside a kernel that never becomes a tensor is not seen (none of the CPU
-kernels used here allocate any of size).
++ backward. Scratch memory inside a kernel that never becomes a tensor is not seen (the planner's
+stated workspace reserve stands for it on a GPU).
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ CASES = [
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: f"map{c[0]}-w{c[1]}-C{c[2]}-h{c[3]}-B{c[4]}-{str(c[5])[6:]}"
 )
-@pytest.mark.parametrize("impl", ["math", "sdpa", "sequential"])
+# sdpa with the learned bias runs the math kernel on the CPU; the whole-model test covers that path
+@pytest.mark.parametrize("impl", ["math", "sequential"])
 @pytest.mark.parametrize("ckpt", [False, True], ids=["plain", "ckpt"])
 def test_activation_and_peak_estimates_match_measured_cpu_memory(case, impl: str, ckpt: bool) -> None:
     side, window, dim, heads, batch, dtype = case
@@ -126,8 +127,7 @@ def test_activation_and_peak_estimates_match_measured_cpu_memory(case, impl: str
     kept, peak = measure(stage, lambda: blocks[1](blocks[0](x)), x)
 
     precision = "fp32" if dtype == torch.float32 else "bf16"
-    # fsdp/DeepSpeed run bf16 without autocast, as the measured bf16 stage does; device="cpu"
-    # because sdpa with a learned bias runs the math kernel on the CPU
+    # fsdp/DeepSpeed run bf16 without autocast, as the measured bf16 stage does
     plan = Plan(
         strategy="fsdp",
         micro_batch=batch,
