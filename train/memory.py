@@ -246,7 +246,9 @@ def block_memory(block: BlockShape, plan: Plan, impl: str) -> BlockMemory:
     elif impl == "sdpa":
         # output, log-sum-exp, the mask it was given (and a contiguous v for the folded shifted call)
         attn_saved = e * (a + mask + (a if block.shifted else 0)) + 4 * norm_vecs
-        attn_transient = e * (s + mask + bias)  # dense gradient of the broadcast bias, then its reductions
+        # PyTorch's _efficient_attention_backward allocates grad_bias at the expanded (B, heads, N, N)
+        # shape of the mask (dense S), reduced afterwards to the mask's and the position bias's shapes
+        attn_transient = e * (s + mask + bias)
         grads += 3 * e * a
     else:
         attn_saved = e * bias  # the position bias every chunk reads
