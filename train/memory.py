@@ -473,8 +473,10 @@ def estimate(
 
 def candidate_plans(base: Plan, num_stages: int, chunks: Sequence[int] = (64, 32, 16, 8, 4, 1)) -> list[Plan]:
     """Every strategy (that runs at this world size), checkpointing and sequential attention per
-    stage, chunk size and offload, around ``base`` (batch, precision, world size kept)."""
-    strategies = [s for s in STRATEGIES if (s == "single") == (base.world_size == 1)]
+    stage, chunk size and offload, around ``base`` (batch, precision, world size kept). On one GPU
+    that is single, or FSDP/DeepSpeed for their CPU offload."""
+    data_parallel = ("ddp", "fairscale") if base.world_size == 1 else ("single",)
+    strategies = [s for s in STRATEGIES if s not in data_parallel]
     fast = "sdpa" if base.device == "cuda" else "math"
     plans = []
     for strategy in strategies:
