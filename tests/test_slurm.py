@@ -1,0 +1,188 @@
+"""The Slurm requeue cycle for real, on a one-node cluster that slurm/local_cluster.sh starts here.
+
+slurm/train.sbatch runs 2 CPU ranks of a tiny run. Once it has saved a checkpoint, the batch shell
+gets SIGUSR1 as `#SBATCH --signal=B:USR1@120` would send it before the time limit; it forwards the
+signal, the ranks save and exit 75, the script requeues the job, and the requeued job resumes from
+that checkpoint and finishes. Its final model and optimizer tensors, last logged loss and result
+must equal those of the same run done uninterrupted with launch/single_node.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "slurm" / "local_cluster.sh"
+# The tiny run of tests/test_launch.py: start-up dominates; 40 steps take about 10 s on 2 cores.
+RUN = [
+    "data=synthetic",
+    "data.synthetic_samples=64",
+    "data.num_classes=10",
+    "data.num_workers=0",
+    "model.img_size=32",
+    "model.embed_dim=16",
+    "model.depths=[1,1]",
+    "model.num_heads=[1,2]",
+    "model.window_size=4",
+    "batch_size=8",
+    "optim.warmup_epochs=0",
+    "optim.warmup_steps=2",
+    "optim.scale_lr=false",
+    "optim.base_lr=2e-3",
+    "wandb.mode=offline",
+    "log_every=2",
+    "strategy=ddp",
+    "max_steps=40",
+    "checkpoint.every_steps=2",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 free (slurmctld, slurmd), away from the jobs' MASTER_PORTs."""
+    for _ in range(100):
+        port = random.randrange(30000, 40000)
+        try:
+            for p in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    if os.geteuid() != 0 and not shutil.which("slurmd"):
+        pytest.skip("Slurm is not installed and installing it needs root")
+    env = {
+        **os.environ,
+        "SWINV2_SLURM_DIR": str(tmp_path_factory.mktemp("slurm")),
+        "SWINV2_SLURM_PORT": str(_free_port_pair()),
+    }
+    up = subprocess.run([str(CLUSTER), "up"], env=env, capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        if not (shutil.which("slurmctld") and shutil.which("sbatch")):
+            pytest.skip(f"Slurm could not be installed (apt-get): {up.stderr.strip()[-500:]}")
+        if os.geteuid() != 0:
+            pytest.skip(f"a local Slurm cluster needs root: {up.stderr.strip()[-300:]}")
+        pytest.fail(f"slurm/local_cluster.sh up failed:\n{up.stdout}\n{up.stderr}")
+    conf = re.search(r"^export SLURM_CONF=(\S+)$", up.stdout, re.M)
+    assert conf, up.stdout
+    env["SLURM_CONF"] = conf.group(1)
+    try:
+        yield env
+    finally:
+        subprocess.run([str(CLUSTER), "down"], env=env, capture_output=True, timeout=120)
+
+
+def _job(job_id: str, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def _final_state(run_dir: Path, tmp: Path) -> tuple[str, dict]:
+    """The newest checkpoint's name and its model and optimizer tensors, gathered from DCP."""
+    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    file = tmp / f"{run_dir.name}.pt"
+    dcp_to_torch_save(final / "dcp", file)
+    return final.name, torch.load(file, weights_only=False)
+
+
+def _assert_bitwise_equal(a, b, path: str = "") -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), f"{path} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _assert_bitwise_equal(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_bitwise_equal(x, y, f"{path}/{i}")
+    else:
+        assert a == b, path
+
+
+def _last_loss(run_dir: Path) -> tuple[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "train/loss" in r][-1]
+    return last["step"], last["train/loss"]
+
+
+def test_signal_requeue_resume_equals_uninterrupted(slurm_env, tmp_path: Path) -> None:
+    env = {**slurm_env, "PYTHON": sys.executable, "WANDB_SILENT": "true", "RUN_ROOT": str(tmp_path)}
+    # The uninterrupted reference, outside Slurm, at the same time as the Slurm job (2 cores).
+    ref_dir = tmp_path / "reference"
+    reference = subprocess.Popen(
+        [str(REPO / "launch" / "single_node.sh"), *RUN, f"run_dir={ref_dir}"],
+        env={**env, "NPROC": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        sbatch = ["sbatch", "--parsable", "--job-name=swinv2-test", "--ntasks=2", "--cpus-per-task=1"]
+        submitted = subprocess.run(
+            [*sbatch, f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch", *RUN],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        job_id = submitted.stdout.strip().split(";")[0]
+        run_dir = tmp_path / f"swinv2-test-{job_id}"
+        log = tmp_path / f"swinv2-test-{job_id}.out"
+
+        # Signal once the first checkpoint is there, as Slurm does 120 s before the time limit.
+        deadline = time.monotonic() + 120
+        while not list((run_dir / "checkpoints").glob("step_*")):
+            state = _job(job_id, env)["JobState"]
+            assert state in ("PENDING", "RUNNING", "CONFIGURING"), f"job {state}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, "the job saved no checkpoint in 120 s"
+            time.sleep(0.3)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=env, check=True)
+
+        deadline = time.monotonic() + 150
+        while (job := _job(job_id, env))["JobState"] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            assert time.monotonic() < deadline, f"job still {job['JobState']}:\n{log.read_text()}"
+            time.sleep(0.5)
+        ref_out, _ = reference.communicate(timeout=120)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+    text = log.read_text()
+    assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", text
+    assert job["Restarts"] == "1", text
+    assert "[slurm] step exited with status 75" in text, text
+    assert f"[slurm] preempted: requeueing job {job_id}" in text, text
+    assert f"[slurm] job {job_id} (swinv2-test) restart 1:" in text, text
+    resumed = re.findall(r"resumed from \S+/step_(\d+) at step (\d+)", text)
+    assert len(resumed) == 1 and 0 < int(resumed[0][1]) < 40, text
+    assert reference.returncode == 0, ref_out[-4000:]
+
+    assert json.loads((run_dir / "result_finetune.json").read_text())["step"] == 40
+    assert _last_loss(run_dir) == _last_loss(ref_dir)
+    name, state = _final_state(run_dir, tmp_path)
+    ref_name, ref_state = _final_state(ref_dir, tmp_path)
+    assert name == ref_name == "step_00000040"
+    _assert_bitwise_equal(state, ref_state)
