@@ -127,9 +127,9 @@ def test_activation_and_peak_estimates_match_measured_cpu_memory(case, impl: str
     kept, peak = measure(stage, lambda: blocks[1](blocks[0](x)), x)
 
     precision = "fp32" if dtype == torch.float32 else "bf16"
-    # fsdp/DeepSpeed run bf16 without autocast, as the measured bf16 stage does
+    # the measured bf16 stage is cast to bf16 (CPU autocast keeps other ops in fp32 than CUDA's)
     plan = Plan(
-        strategy="fsdp",
+        autocast=False,
         micro_batch=batch,
         precision=precision,
         checkpoint=(ckpt,),
@@ -165,7 +165,6 @@ def test_whole_model_estimate_matches_measured_cpu_memory(impl: str, ckpt: tuple
     kept += x.numel() * x.element_size()  # the planner counts the batch the convolution saves
 
     plan = Plan(
-        strategy="fsdp",
         micro_batch=2,
         precision="fp32",
         checkpoint=ckpt,
@@ -223,9 +222,17 @@ def test_paper_question_swinv2_g_1536_window32_on_8x40gb() -> None:
 
 
 def test_cli_reads_an_experiment_and_prints_the_breakdown(capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--experiment", "demo_model", "--world-size", "2", "--strategy", "fsdp", "--checkpoint", "1,0"])
+    # the strategy group and its checkpointing come from the experiment through Hydra overrides
+    overrides = [
+        "--override",
+        "strategy=fsdp",
+        "--override",
+        "strategy.activation_checkpointing=[true,false]",
+    ]
+    main(["--experiment", "demo_model", *overrides, "--world-size", "2"])
     out = capsys.readouterr().out
     assert "swinv2_tiny_window8_256 at 32x32" in out and "fsdp on 2 GPU(s), micro batch 64" in out
-    assert "stage 1: ckpt" in out and "fits" in out and "cheapest settings that fit" in out
+    assert "stage 1: ckpt" in out and "stage 2: ckpt" not in out
+    assert "fits" in out and "cheapest settings that fit" in out
     with pytest.raises(SystemExit, match="checkpoint"):
         main(["--model", "swinv2_tiny_window8_256", "--checkpoint", "1,0"])

@@ -17,6 +17,9 @@ Activations are counted per block from the code in ``swinv2/model.py`` and ``swi
   a learned bias the model falls back to ``math`` (see ``_sdpa_kernel``), and so does this model;
 - ``sequential``: no N x N term; each chunk is recomputed in backward from the views of q, k, v.
 
+Element sizes: fp32 4 bytes; bf16 2 bytes, except under torch.autocast (how the trainer runs every
+strategy), which keeps LayerNorm inputs, the residual stream and the softmax output in fp32.
+
 The transient of a block is what its backward holds on top of what it saved, at the worse of two
 moments: in the MLP's backward, the gradients of the GELU output and of the residual stream
 (M + A); in the attention's backward, once the MLP, norms and proj have freed their tensors, the
@@ -51,11 +54,12 @@ STRATEGIES: tuple[str, ...] = (
 )
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 PLAN_IMPLS: tuple[str, ...] = ("math", "sdpa", "sequential")
-# DeepSpeed's default reduce_bucket_size and allgather_bucket_size (elements) for ZeRO-1/2.
-DS_BUCKET_ELEMS = 500_000_000
-# Strategies whose bf16 runs use torch.autocast (fp32 weights, LayerNorm/softmax outputs in fp32);
-# FSDP2 (MixedPrecisionPolicy) and DeepSpeed bf16 compute in bf16 throughout.
-AUTOCAST_STRATEGIES = ("single", "ddp", "fairscale")
+# reduce_bucket_size / allgather_bucket_size (elements) of configs/strategy/deepspeed_*.yaml
+# (DeepSpeed's own default is 5e8: 1.9 GiB of bf16 buckets per GPU).
+DS_BUCKET_ELEMS = 50_000_000
+# Strategies that keep fp32 weights, so that autocast caches a bf16 copy of each for the step;
+# FSDP (param_dtype) and DeepSpeed hand the forward bf16 weights already.
+FP32_WEIGHT_STRATEGIES = ("single", "ddp", "fairscale")
 # Relative step-time cost of each strategy over DDP, used only to rank suggestions: ZeRO-1/2 and
 # fairscale move the same bytes as DDP's all-reduce (reduce-scatter + all-gather); ZeRO-3/FSDP
 # gather the parameters a second time for backward (1.5x); offload adds PCIe copies of the
@@ -178,6 +182,9 @@ class Plan:
     chunk_windows: int = 16
     offload: bool = False  # optimizer (and for ZeRO-3/FSDP parameters) on the CPU
     device: str = "cuda"  # "cpu": sdpa with a learned bias runs the math kernel (model's CPU path)
+    # bf16 under torch.autocast, as the trainer runs every strategy: LayerNorm inputs, the residual
+    # stream and the softmax output stay fp32. False: a model cast to bf16 throughout.
+    autocast: bool = True
     ds_bucket_elems: int = DS_BUCKET_ELEMS
 
     def check(self, num_stages: int) -> None:
@@ -206,7 +213,7 @@ class Plan:
     @property
     def wide_bytes(self) -> int:
         """Bytes of the tensors autocast keeps in fp32 (LayerNorm inputs, softmax output)."""
-        return 4 if self.precision == "fp32" or self.strategy in AUTOCAST_STRATEGIES else 2
+        return 4 if self.precision == "fp32" or self.autocast else 2
 
 
 @dataclass(frozen=True)
@@ -319,7 +326,7 @@ def stage_memory(shape: ModelShape, plan: Plan) -> list[StageMemory]:
 def _activation_key(plan: Plan, impl: str) -> Plan:
     """The part of a plan that activations depend on, so the search reuses stage results."""
     return Plan(
-        strategy="single" if plan.strategy in AUTOCAST_STRATEGIES else "fsdp",
+        autocast=plan.autocast,
         micro_batch=plan.micro_batch,
         precision=plan.precision,
         checkpoint=(),
@@ -369,11 +376,11 @@ def state_bytes(params: int, unit_params: int, plan: Plan) -> tuple[dict[str, in
     moments = 8 * params  # AdamW exp_avg + exp_avg_sq, fp32
     rows = {"parameters": 0, "fp32 master": 0, "gradients": 0, "optimizer (AdamW)": 0, "buffers": 0}
     cpu = 0
-    if s in ("single", "ddp", "fairscale"):
+    if s in FP32_WEIGHT_STRATEGIES:
         rows["parameters"] = fp32
         rows["optimizer (AdamW)"] = moments if s != "fairscale" else moments // w
         rows["gradients"] = fp32 if s != "fairscale" else fp32 // w
-        if mixed:
+        if mixed and plan.autocast:
             # autocast caches a bf16 copy of every weight for the forward and backward
             rows["buffers"] += 2 * params
             notes.append("bf16 under autocast: fp32 weights plus autocast's bf16 weight cache")

@@ -19,7 +19,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from train.memory import STRATEGIES, Estimate, GiB, ModelShape, Plan, estimate, model_shape, suggest
+from train.memory import (
+    DS_BUCKET_ELEMS,
+    STRATEGIES,
+    Estimate,
+    GiB,
+    ModelShape,
+    Plan,
+    estimate,
+    model_shape,
+    suggest,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # The paper's question (SWINV2.md, "Memory at scale"): SwinV2-G at 1536 px with window 32 on 8 x 40 GB
@@ -50,7 +60,8 @@ def _impls(text: str, n: int) -> tuple[str, ...]:
 
 
 def load_experiment(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Model name + overrides, strategy, precision and batch settings of ``configs/experiment/NAME``."""
+    """Model name + overrides, precision, batch, and the strategy with its memory settings
+    (checkpointing per stage, offload, DeepSpeed bucket sizes) of ``configs/experiment/NAME``."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -60,7 +71,13 @@ def load_experiment(name: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose("config", overrides=[f"experiment={name}", *overrides])
     run: RunConfig = OmegaConf.to_object(cfg)
+    zero = (run.strategy.deepspeed or {}).get("zero_optimization", {})
     return {
+        "checkpoint": run.strategy.activation_checkpointing,
+        "offload": run.strategy.cpu_offload or "offload_optimizer" in zero or "offload_param" in zero,
+        "ds_bucket_elems": int(
+            max(zero.get("reduce_bucket_size", DS_BUCKET_ELEMS), zero.get("allgather_bucket_size", 0))
+        ),
         "model": run.model.name,
         "overrides": run.model.overrides(),
         "strategy": run.strategy.name,
@@ -141,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=("fp32", "bf16"))
     ap.add_argument("--gpu-mem", type=float, help="GiB per GPU (default 40)")
     ap.add_argument(
-        "--checkpoint", default="0", help="activation checkpointing per stage: 1,1,1,0 (or one for all)"
+        "--checkpoint", help="activation checkpointing per stage: 1,1,1,0 (or one for all; default: none)"
     )
     ap.add_argument(
         "--attn", help="attention per stage: sequential,sequential,sdpa,sdpa (default: the model's)"
@@ -197,16 +214,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         batch = 1
     attn = args.attn or (model_attn if isinstance(model_attn, str) else ",".join(model_attn))
+    checkpoint = tuple(bool(c) for c in exp.get("checkpoint") or [False] * n)
     plan = Plan(
         strategy=strategy,
         world_size=world,
         micro_batch=batch,
         precision=args.precision or exp.get("precision", "bf16"),
-        checkpoint=_flags(args.checkpoint, n, "checkpoint"),
+        checkpoint=_flags(args.checkpoint, n, "checkpoint") if args.checkpoint else checkpoint,
         attn_impl=_impls(attn, n),
         chunk_windows=args.chunk or chunk,
-        offload=args.offload,
+        offload=args.offload or bool(exp.get("offload")),
         device=args.device,
+        ds_bucket_elems=exp.get("ds_bucket_elems", DS_BUCKET_ELEMS),
     )
     gpu = args.gpu_mem or PAPER["gpu_mem"]
     try:
@@ -214,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     print(format_estimate(shape, est))
-    if args.paper and not args.attn and args.checkpoint == "0":
+    if args.paper and not args.attn and not args.checkpoint:
         paper = replace(
             plan, checkpoint=(True,) * n, attn_impl=("sequential", "sequential") + ("sdpa",) * (n - 2)
         )
