@@ -28,6 +28,13 @@ class TrainState:
             setattr(self, key, value)
 
 
+def seed_all(seed: int) -> None:
+    """Seed every generator the training process draws from (timm's Mixup draws from numpy)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {

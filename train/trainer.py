@@ -27,7 +27,7 @@ from train.distributed import DistEnv, all_reduce_sum, broadcast_object
 from train.optim import build_optimizer, build_scheduler
 from train.parallelize import apply_activation_checkpointing, apply_compile
 from train.preemption import Preempted, PreemptionWatch
-from train.state import TrainState, rng_state, set_rng_state
+from train.state import TrainState, rng_state, seed_all, set_rng_state
 from train.strategies import build_strategy
 from train.tasks import build_task, evaluate, save_reconstruction_grid
 from train.tracking import Tracker
@@ -97,7 +97,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, env = self.cfg, self.env
-        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        seed_all(cfg.seed)  # identical initial weights on every rank
         self.train_loader = self._loader("train")
         self.val_loader = self._loader("val") if cfg.task.name == "finetune" and cfg.data.val_path else None
         self.steps_per_epoch = len(self.train_loader) // cfg.optim.accum_steps
@@ -127,7 +127,7 @@ class Trainer:
         self.ema = (
             ModelEmaV3(self.strategy.module, decay=cfg.optim.ema_decay) if cfg.optim.ema_decay else None
         )
-        torch.manual_seed(cfg.seed + env.rank)  # per-rank augmentation / drop-path randomness
+        seed_all(cfg.seed + env.rank)  # per-rank augmentation / drop-path randomness
         self._maybe_resume()
         self.scheduler.step_update(self.state.step)
         self.tracker = Tracker(

@@ -156,6 +156,10 @@ class Loader:
             prefetch_factor=self.cfg.prefetch_factor,
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=False,  # workers must see the epoch and restored state of each __iter__
+            # Its own generator: DataLoader otherwise draws worker seeds from the global torch RNG at
+            # every iter(), and a resumed run (which calls iter() mid-epoch) would train on other
+            # drop-path masks than an uninterrupted one.
+            generator=torch.Generator().manual_seed(hash((self.dataset.seed, self.dataset.epoch))),
         )
         yield from loader
 
