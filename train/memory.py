@@ -248,6 +248,8 @@ def block_memory(block: BlockShape, plan: Plan, impl: str) -> BlockMemory:
     grads = 2 * e * a  # gradient of the residual stream and of the attention output
     if impl == "math":
         attn_saved = w * s + e * a  # softmax output, contiguous copy of v for the batched matmul
+        if e != w:
+            attn_saved += e * s  # autocast: softmax runs in fp32 and "@ v" saves its bf16 copy
         # gradients of the softmax output and of the scores, then of the position bias
         attn_transient = 2 * w * s + w * bias
     elif impl == "sdpa":
