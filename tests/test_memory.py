@@ -212,10 +212,13 @@ def test_paper_question_swinv2_g_1536_window32_on_8x40gb() -> None:
         gpu_gib=40,
     )
     assert paper.fits and paper.total < 30 * GiB
-    # sequential attention removes the stage-1 N x N transient of the checkpointed backward
+    # sequential attention removes the stage-1/2 N x N transient of the checkpointed backward; with
+    # explicit (math) attention, as in the original code, ZeRO + checkpointing alone runs out of
+    # memory: the paper's observation
     plain = estimate(shape, replace(paper.plan, attn_impl=("sdpa",) * 4), gpu_gib=40)
     transient = "attention / backward transient peak"
-    assert plain.rows[transient] > 3 * paper.rows[transient]
+    assert plain.rows[transient] > 2 * paper.rows[transient]
+    assert not estimate(shape, replace(paper.plan, attn_impl=("math",) * 4), gpu_gib=40).fits
     best = suggest(shape, base, gpu_gib=40, limit=3)
     assert best and all(e.fits and e.plan.checkpoint[2] for e in best)
     assert [e.cost for e in best] == sorted(e.cost for e in best)
