@@ -12,13 +12,13 @@
 #   it, gives workers a fixed time before SIGKILL, reports any non-zero worker status as 1, and with
 #   --max-restarts would restart workers that exited 75 and carry on past a preemption.
 #   LAUNCHER=torchrun starts one torchrun per node instead (launch/multi_node.sh, c10d rendezvous on
-#   the first node); there a step that ends non-zero after our SIGUSR1 counts as preempted.
+#   the first node, torchrun told to forward SIGUSR1).
 # - Signals: `#SBATCH --signal=B:USR1@120` (time limit coming) and `scancel --signal=USR1 --batch`
 #   reach only this shell; Slurm's SIGTERM (scancel, scontrol requeue, preemption) reaches every
 #   process. The trap forwards both to the step; the ranks finish their step, save one checkpoint
 #   and exit 75. The step runs in the background (`srun & wait`) because bash runs a trap only
 #   after its foreground command ends.
-# - Exit status 75 after SIGUSR1 (or with no signal): `scontrol requeue` (needs --requeue). After
+# - Exit status 75, or any non-zero status after SIGUSR1: `scontrol requeue` (needs --requeue). After
 #   SIGTERM, Slurm is already ending the job and decides itself: preemption with PreemptMode=REQUEUE
 #   and `scontrol requeue` requeue it, `scancel` must not.
 # - Any other failure (a crashed rank, a lost peer) re-runs the step in the same allocation, up to
@@ -54,25 +54,27 @@ swinv2_slurm_train() {
         overrides+=("run_dir=$run_dir")
     fi
 
-    local head
-    head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-    export MASTER_ADDR=$head
+    local head_node
+    head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+    export MASTER_ADDR=$head_node
     local port_base=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
     local launcher=${LAUNCHER:-srun} python
     python=$(swinv2_python)
     echo "[slurm] job $SLURM_JOB_ID ($SLURM_JOB_NAME) restart ${SLURM_RESTART_COUNT:-0}:" \
-        "$SLURM_JOB_NUM_NODES node(s), ${SLURM_NTASKS:-?} task(s), head $head, launcher $launcher, run_dir $run_dir"
+        "$SLURM_JOB_NUM_NODES node(s), ${SLURM_NTASKS:-?} task(s), head $head_node, launcher $launcher, run_dir $run_dir"
 
     _swinv2_signal=""
     _swinv2_step=""
     trap '_swinv2_forward USR1' USR1
     trap '_swinv2_forward TERM' TERM
 
-    local attempt=0 status
-    while true; do
+    # 75 until a step says otherwise: a signal that comes before any step ran leaves the run unfinished.
+    local attempt=0 status=75
+    while [[ -z $_swinv2_signal ]]; do
         export MASTER_PORT=$((port_base + attempt)) # a fresh port: the old store may linger in TIME_WAIT
         if [[ $launcher == torchrun ]]; then
-            NNODES=$SLURM_JOB_NUM_NODES NPROC=${SLURM_NTASKS_PER_NODE:-auto} RDZV_ID=$SLURM_JOB_ID \
+            NNODES=$SLURM_JOB_NUM_NODES RDZV_ID=$SLURM_JOB_ID \
+                NPROC=${SLURM_NTASKS_PER_NODE:-$((${SLURM_NTASKS:-$SLURM_JOB_NUM_NODES} / SLURM_JOB_NUM_NODES))} \
                 MAX_RESTARTS=0 srun --kill-on-bad-exit=1 --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \
                 --cpus-per-task="${SLURM_CPUS_ON_NODE:-1}" launch/multi_node.sh "${overrides[@]}" &
         else
@@ -112,10 +114,15 @@ swinv2_slurm_train() {
         echo "[slurm] stopped by SIGTERM: Slurm requeues or ends the job itself"
         return "$status"
     fi
-    if [[ $status -eq 75 || ($launcher == torchrun && $_swinv2_signal == USR1) ]]; then
+    # After our SIGUSR1 any ending counts: torchrun reports its workers' 75 as 1, and a step that
+    # failed while stopping still left its newest complete checkpoint to resume from.
+    if [[ $status -eq 75 || $_swinv2_signal == USR1 ]]; then
         echo "[slurm] preempted: requeueing job $SLURM_JOB_ID"
         # Slurm answers with SIGTERM to this shell once the job is requeued; nothing runs anymore.
-        scontrol requeue "$SLURM_JOB_ID"
+        if ! scontrol requeue "$SLURM_JOB_ID"; then
+            echo "[slurm] Slurm refused the requeue (submit with --requeue); to continue, submit again with run_dir=$run_dir"
+            return 75
+        fi
         return 0
     fi
     return "$status"

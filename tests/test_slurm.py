@@ -173,7 +173,9 @@ def test_signal_requeue_resume_equals_uninterrupted(slurm_env, tmp_path: Path) -
     text = log.read_text()
     assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", text
     assert job["Restarts"] == "1", text
-    assert "[slurm] step exited with status 75" in text, text
+    # The ranks saved and exited 75. (srun may still report 143: --kill-on-bad-exit sends SIGTERM
+    # to a rank still tearing down after the first one exited 75; the script requeues after SIGUSR1.)
+    assert re.search(r"preempted at step \d+: checkpoint saved, exiting 75", text), text
     assert f"[slurm] preempted: requeueing job {job_id}" in text, text
     assert f"[slurm] job {job_id} (swinv2-test) restart 1:" in text, text
     resumed = re.findall(r"resumed from \S+/step_(\d+) at step (\d+)", text)
