@@ -73,6 +73,8 @@ swinv2_slurm_train() {
     while [[ -z $_swinv2_signal ]]; do
         export MASTER_PORT=$((port_base + attempt)) # a fresh port: the old store may linger in TIME_WAIT
         if [[ $launcher == torchrun ]]; then
+            # MAX_RESTARTS=0: this loop restarts crashed steps; torchrun would also restart workers
+            # that exited 75 and train on past a preemption.
             NNODES=$SLURM_JOB_NUM_NODES RDZV_ID=$SLURM_JOB_ID \
                 NPROC=${SLURM_NTASKS_PER_NODE:-$((${SLURM_NTASKS:-$SLURM_JOB_NUM_NODES} / SLURM_JOB_NUM_NODES))} \
                 MAX_RESTARTS=0 srun --kill-on-bad-exit=1 --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 \

@@ -3,13 +3,14 @@
 #
 #   slurm/local_cluster.sh up        # install (apt) if needed, write the config, start munged/slurmctld/slurmd
 #   export SLURM_CONF=/tmp/swinv2-slurm/etc/slurm.conf   # printed by `up`
-#   sbatch -N1 -n2 slurm/train.sbatch data=synthetic max_steps=100
+#   sbatch -n2 slurm/train.sbatch data=synthetic strategy=ddp max_steps=20
 #   slurm/local_cluster.sh status
 #   slurm/local_cluster.sh down      # stop the daemons (logs stay in the directory)
 #
 # Needs root: slurmd starts jobs as the submitting user. Everything (config, munge key and socket,
-# state, spool, logs, pid files) lives under SWINV2_SLURM_DIR (default ${TMPDIR:-/tmp}/swinv2-slurm);
-# nothing in /etc is touched. SWINV2_SLURM_PORT (default 6817; slurmd uses the next port) lets two
+# state, spool, logs, pid files) lives under SWINV2_SLURM_DIR (default ${TMPDIR:-/tmp}/swinv2-slurm;
+# the socket goes to /tmp/swinv2-munge-PORT when that directory is private); nothing in /etc is
+# touched. SWINV2_SLURM_PORT (default 6817; slurmd uses the next port) lets two
 # clusters share a machine. Debian/Ubuntu packages: slurmctld slurmd slurm-client munge.
 set -euo pipefail
 
