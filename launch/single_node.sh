@@ -7,7 +7,8 @@
 # resume=...) and the run directory (run_dir=..., or the config's runs/<name>) is the same on every
 # restart. Running the same command again later continues that run too; pass a new run_dir= to
 # start over. SIGTERM/SIGINT/SIGUSR1 sent to this script reach the workers through torchrun; they
-# save a checkpoint and exit 75 (see slurm/common.sh for batch jobs).
+# save a checkpoint and exit 75, torchrun itself exits 1; the same command continues the run later
+# (slurm/common.sh does this for batch jobs).
 set -euo pipefail
 # shellcheck source=launch/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
