@@ -14,6 +14,8 @@ Kernels (numerically equivalent, chosen per stage with ``attn_impl``):
 from __future__ import annotations
 
 import math
+from functools import partial
+from itertools import repeat
 from typing import Literal
 
 import torch
@@ -198,17 +200,13 @@ class WindowAttention(nn.Module):
         bias: torch.Tensor,
         region_ids: torch.Tensor | None,
     ) -> torch.Tensor:
-        bw = q.shape[0]
-        window_index = torch.arange(bw, device=q.device)
-        outs = []
-        for start in range(0, bw, self.chunk_windows):
-            sl = slice(start, min(start + self.chunk_windows, bw))
-            chunk_ids = None if region_ids is None else region_ids[window_index[sl] % region_ids.shape[0]]
-            outs.append(
-                checkpoint(_attend_chunk, q[sl], k[sl], v[sl], bias, chunk_ids, use_reentrant=False)
-                if torch.is_grad_enabled()
-                else _attend_chunk(q[sl], k[sl], v[sl], bias, chunk_ids)
-            )
+        n = self.chunk_windows
+        # Windows are batch-major, so the (nW, N) region ids repeat every nW windows.
+        ids = repeat(None) if region_ids is None else region_ids.repeat(q.shape[0] // region_ids.shape[0], 1).split(n)
+        attend = partial(checkpoint, _attend_chunk, use_reentrant=False) if torch.is_grad_enabled() else _attend_chunk
+        # split rather than slicing: split's backward concatenates the chunks' gradients once,
+        # while every slice's backward would fill its own zero gradient as large as q, k or v.
+        outs = [attend(qc, kc, vc, bias, ic) for qc, kc, vc, ic in zip(q.split(n), k.split(n), v.split(n), ids)]
         return torch.cat(outs)
 
     def extra_repr(self) -> str:
