@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from swinv2.model import SwinTransformerV2
+from swinv2.simmim import SimMIM
 from train.config import ConfigError, RunConfig
 
 from .base import OptimizerFactory, StepResult, Strategy
@@ -68,6 +70,21 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     return ds
 
 
+@contextlib.contextmanager
+def _init_weights_deferred() -> Iterator[None]:
+    """Skip the ``init_weights()`` that SwinV2 and SimMIM constructors end with: under zero.Init
+    their submodules are already partitioned (empty 1-D tensors) by then."""
+    classes = (SwinTransformerV2, SimMIM)
+    saved = [cls.init_weights for cls in classes]
+    for cls in classes:
+        cls.init_weights = lambda self: None
+    try:
+        yield
+    finally:
+        for cls, fn in zip(classes, saved):
+            cls.init_weights = fn
+
+
 class DeepSpeedStrategy(Strategy):
     def __init__(self, device: torch.device, config: dict[str, Any], *, pretrained: bool) -> None:
         self.device = device
@@ -85,12 +102,15 @@ class DeepSpeedStrategy(Strategy):
         import deepspeed
 
         offload = self.config["zero_optimization"].get("offload_param", {}).get("device", "none")
-        with deepspeed.zero.Init(
-            config_dict_or_path=self.config, remote_device=None if offload == "none" else offload
+        with (
+            _init_weights_deferred(),
+            deepspeed.zero.Init(
+                config_dict_or_path=self.config, remote_device=None if offload == "none" else offload
+            ),
         ):
             model = build(str(self.device))
-        # Under zero.Init each module is partitioned when its constructor returns, before the
-        # model-wide init_weights() runs: initialise once more with the parameters gathered.
+        # Under zero.Init each module is partitioned when its constructor returns, so the model-wide
+        # init_weights() runs afterwards, with the parameters gathered, once on rank 0.
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0):
             if dist.get_rank() == 0:
                 model.init_weights()
