@@ -44,8 +44,11 @@ class PreemptionWatch:
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        # After a preemption the handlers stay: a late signal while the process exits must not
+        # turn the requeue status into a death by signal.
+        if not self.signalled:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
 
     def any_rank_signalled(self) -> bool:
         if not dist.is_initialized():

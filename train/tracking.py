@@ -76,27 +76,41 @@ class Tracker:
         self.run_id = self.run.id
         log.info("W&B run %s (%s) in %s", self.run.id, mode, self.run.dir)
 
+    def _wandb(self, call, *args, **kwargs) -> None:
+        """W&B is best-effort: its service process can die first (SLURM signals the whole job
+        step), and losing a dashboard update must never cost the run or its preemption save.
+        metrics.jsonl keeps every value."""
+        if self.run is None:
+            return
+        try:
+            call(*args, **kwargs)
+        except Exception as err:
+            log.warning(
+                "W&B stopped working (%s: %s); metrics continue in metrics.jsonl", type(err).__name__, err
+            )
+            self.run = None
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.active:
             return
         self._metrics.write(json.dumps({"step": step, **metrics}) + "\n")
         self._metrics.flush()
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            self._wandb(self.run.log, metrics, step=step)
 
     def log_image(self, key: str, path: Path, step: int) -> None:
         if self.active and self.run is not None:
             import wandb
 
-            self.run.log({key: wandb.Image(str(path))}, step=step)
+            self._wandb(self.run.log, {key: wandb.Image(str(path))}, step=step)
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.active and self.run is not None:
-            self.run.summary.update(values)
+            self._wandb(self.run.summary.update, values)
 
     def finish(self) -> None:
         if not self.active:
             return
         self._metrics.close()
         if self.run is not None:
-            self.run.finish()
+            self._wandb(self.run.finish)
