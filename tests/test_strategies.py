@@ -281,6 +281,7 @@ TORCH_RUNS = {
     "fsdp_memory": ["strategy=fsdp", *MEMORY],
 }
 DEEPSPEED_RUNS = {
+    "zero3_init": ["strategy=deepspeed_zero3"],  # first: zero.Init in a process DeepSpeed has not set up
     "deepspeed_zero1": ["strategy=deepspeed_zero1", *DS_SMALL_BUCKETS],
     "deepspeed_zero2": ["strategy=deepspeed_zero2", *DS_SMALL_BUCKETS],
     "deepspeed_zero3": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
@@ -290,7 +291,6 @@ DEEPSPEED_RUNS = {
         *DS_SMALL_BUCKETS,
         "strategy.activation_checkpointing=[true,true]",
     ],
-    "zero3_init": ["strategy=deepspeed_zero3"],
     "deepspeed_zero3_resume": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
     "deepspeed_zero2_nonfinite": ["strategy=deepspeed_zero2", *DS_SMALL_BUCKETS],
     "deepspeed_zero3_nonfinite": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],

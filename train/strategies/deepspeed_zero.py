@@ -101,6 +101,8 @@ class DeepSpeedStrategy(Strategy):
             return build("cpu")
         import deepspeed
 
+        # zero.Init reads the world size from deepspeed.comm, which initialize() would set up later.
+        deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
         offload = self.config["zero_optimization"].get("offload_param", {}).get("device", "none")
         with (
             _init_weights_deferred(),
