@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch.distributed as dist
 
 from train.config import STRATEGIES, RunConfig
@@ -55,6 +57,8 @@ def build_strategy(cfg: RunConfig, env: DistEnv) -> Strategy:
 def _ensure_process_group(env: DistEnv) -> None:
     """Sharding strategies need a process group even for one process (a plain ``python`` run)."""
     if not dist.is_initialized():
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # DeepSpeed reads these, as torchrun sets them
+            os.environ.setdefault(key, "1" if key == "WORLD_SIZE" else "0")
         backend = "nccl" if env.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
