@@ -85,14 +85,16 @@ def make_cfg(*overrides: str) -> RunConfig:
     return OmegaConf.to_object(raw)
 
 
-def batches(rank: int, world: int, size: int):
-    """The same fixed global batches for every run; each rank takes its contiguous slice."""
+def batches(rank: int, world: int, size: int, accum: int = 1):
+    """The same fixed global batches for every run; each rank takes its contiguous slice, in
+    ``accum`` micro-batches."""
     gen = torch.Generator().manual_seed(1234)
-    micro = GLOBAL_BATCH // world
+    share, micro = GLOBAL_BATCH // world, GLOBAL_BATCH // world // accum
     for _ in range(STEPS):
         images = torch.randn(GLOBAL_BATCH, 3, size, size, generator=gen)
         labels = torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
-        yield images[rank * micro : (rank + 1) * micro], labels[rank * micro : (rank + 1) * micro]
+        for i in range(rank * share, (rank + 1) * share, micro):
+            yield images[i : i + micro], labels[i : i + micro]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -136,7 +138,7 @@ def train_run(overrides: list[str], env: DistEnv, init_from: Path) -> dict[str, 
     strategy = trainer.strategy
     strategy.optimizer.register_step_pre_hook(lambda *_: held.append(held_bytes(strategy)))
     losses, norms = [], []
-    data = batches(env.rank, env.world_size, trainer._img_size())
+    data = batches(env.rank, env.world_size, trainer._img_size(), cfg.optim.accum_steps)
     for _ in range(STEPS):
         first_hook = len(held)
         loss, _, _ = trainer._train_step(data)
@@ -274,6 +276,7 @@ TORCH_RUNS = {
         "model.chunk_windows=1",
     ],
     "fairscale": ["strategy=fairscale"],
+    "fsdp_accum": ["strategy=fsdp", "optim.accum_steps=2"],
     "fsdp_resume": ["strategy=fsdp"],
     "fairscale_resume": ["strategy=fairscale"],
     "fsdp_nonfinite": ["strategy=fsdp"],
@@ -291,6 +294,7 @@ DEEPSPEED_RUNS = {
         *DS_SMALL_BUCKETS,
         "strategy.activation_checkpointing=[true,true]",
     ],
+    "deepspeed_zero2_accum": ["strategy=deepspeed_zero2", *DS_SMALL_BUCKETS, "optim.accum_steps=2"],
     "deepspeed_zero3_resume": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
     "deepspeed_zero2_nonfinite": ["strategy=deepspeed_zero2", *DS_SMALL_BUCKETS],
     "deepspeed_zero3_nonfinite": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
@@ -317,8 +321,9 @@ def _rel_diff(a: list[float], b: list[float]) -> float:
 # fp32 everywhere. Each backend sums the two half-batch gradients in a different order than
 # `single`'s one batch (all-reduce, reduce-scatter, ZeRO's flat buckets), i.e. float32 rounding of
 # ~1e-7 relative per step, which Adam passes on; 1e-5 over 10 steps holds for all of them.
-TOLERANCE = {"ddp": 1e-5, "fsdp": 1e-5, "fsdp_ac_sequential": 1e-5, "fairscale": 1e-5}
+TOLERANCE = {"ddp": 1e-5, "fsdp": 1e-5, "fsdp_ac_sequential": 1e-5, "fsdp_accum": 1e-5, "fairscale": 1e-5}
 DS_TOLERANCE = {
+    "deepspeed_zero2_accum": 1e-5,  # 2 micro-batches per rank: DeepSpeed's accumulation boundary is the loop's
     "deepspeed_zero1": 1e-5,
     "deepspeed_zero2": 1e-5,
     "deepspeed_zero3": 1e-5,
