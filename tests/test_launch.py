@@ -15,28 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import TINY_DDP_RUN
+
 REPO = Path(__file__).resolve().parent.parent
 SINGLE_NODE = REPO / "launch" / "single_node.sh"
-# A few MFLOPs per step: start-up (imports, process group) dominates.
-TINY = [
-    "data=synthetic",
-    "data.synthetic_samples=64",
-    "data.num_classes=10",
-    "data.num_workers=0",
-    "model.img_size=32",
-    "model.embed_dim=16",
-    "model.depths=[1,1]",
-    "model.num_heads=[1,2]",
-    "model.window_size=4",
-    "batch_size=8",
-    "optim.warmup_epochs=0",
-    "optim.warmup_steps=2",
-    "optim.scale_lr=false",
-    "optim.base_lr=2e-3",
-    "wandb.mode=offline",
-    "log_every=2",
-    "strategy=ddp",
-]
+TINY = TINY_DDP_RUN  # a few MFLOPs per step: start-up (imports, process group) dominates
 
 
 def launch_env(**extra: str) -> dict[str, str]:

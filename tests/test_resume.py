@@ -17,28 +17,20 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
+from tests.tiny import TINY_RUN, assert_bitwise_equal, newest_state
 from train.checkpoint import DCP_DIR, TRAINER_FILE, checkpoint_dirs
 from train.preemption import REQUEUE_EXIT_CODE
 
 # Full default augmentation (RandAugment, mixup/cutmix with numpy RNG, drop path with torch RNG)
 # so every random state a resume must restore is in play.
 RUN = [
-    "data=synthetic",
-    "data.synthetic_samples=64",
-    "data.num_classes=10",
-    "model.img_size=32",
-    "model.embed_dim=16",
-    "model.depths=[1,1]",
-    "model.num_heads=[1,2]",
-    "model.window_size=4",
+    *TINY_RUN,
     "model.drop_path_rate=0.2",
-    "batch_size=8",
     "max_steps=10",  # 8 steps per epoch: the run crosses an epoch boundary
     "optim.warmup_steps=3",
     "checkpoint.every_steps=2",
     "checkpoint.keep_last=3",
     "log_every=1",
-    "wandb.mode=offline",
 ]
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
 
@@ -95,27 +87,6 @@ def kill_after(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
     proc.wait()
 
 
-def final_state(run_dir: Path) -> dict:
-    """Model and optimizer tensors of the newest checkpoint, gathered from DCP."""
-    newest = checkpoint_dirs(run_dir)[-1]
-    return _load_state_dict_from_keys(checkpoint_id=str(newest / DCP_DIR))
-
-
-def assert_bitwise_equal(a, b, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_bitwise_equal(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a} != {b}"
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
@@ -133,7 +104,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(reference, tmp_pa
     r = run(run_dir, "data.num_workers=2", "resume=auto")
     assert r.returncode == 0, r.stderr[-3000:]
     assert ("resumed from" in r.stderr) == had_checkpoint, r.stderr[-2000:]
-    assert_bitwise_equal(final_state(run_dir), final_state(reference))
+    assert_bitwise_equal(newest_state(run_dir), newest_state(reference))
     first = torch.load(checkpoint_dirs(reference)[-1] / TRAINER_FILE, weights_only=True)["state"]
     again = torch.load(checkpoint_dirs(run_dir)[-1] / TRAINER_FILE, weights_only=True)["state"]
     assert again["step"] == first["step"] == 10 and again["samples_seen"] == first["samples_seen"]
@@ -149,7 +120,7 @@ def test_ddp_two_ranks_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path):
     r = run(run_dir, "data.num_workers=0", "resume=auto", ranks=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stderr
-    assert_bitwise_equal(final_state(run_dir), final_state(reference))
+    assert_bitwise_equal(newest_state(run_dir), newest_state(reference))
 
 
 def test_sigterm_saves_the_current_step_and_exits_for_requeue(reference, tmp_path):
@@ -167,19 +138,19 @@ def test_sigterm_saves_the_current_step_and_exits_for_requeue(reference, tmp_pat
     )
     r = run(run_dir, "data.num_workers=2", "resume=auto")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_bitwise_equal(final_state(run_dir), final_state(reference))
+    assert_bitwise_equal(newest_state(run_dir), newest_state(reference))
 
 
 def test_resume_on_another_world_size_reshards(tmp_path):
     run_dir = tmp_path / "run"
     r = run(run_dir, "data.num_workers=0", "max_steps=4", ranks=2)
     assert r.returncode == 0, r.stderr[-3000:]
-    saved = final_state(run_dir)["model"]
+    saved = newest_state(run_dir)["model"]
     r = run(run_dir, "data.num_workers=0", "resume=auto", "max_steps=6", "strategy=ddp")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "written by 2 ranks, this run has 1" in r.stderr and "resumed from" in r.stderr
     assert checkpoint_dirs(run_dir)[-1].name == "step_00000006"
-    assert not torch.equal(final_state(run_dir)["model"]["head.weight"], saved["head.weight"])
+    assert not torch.equal(newest_state(run_dir)["model"]["head.weight"], saved["head.weight"])
 
 
 def test_corrupt_or_foreign_checkpoints_are_errors_not_fallbacks(reference, tmp_path):
@@ -263,7 +234,6 @@ def test_second_signal_during_the_save_does_not_corrupt_it(tmp_path, monkeypatch
 
 def test_export_any_checkpoint_to_safetensors_that_finetuning_loads(reference, tmp_path):
     import swinv2
-    from tests.test_train import TINY  # noqa: F401  (the same tiny architecture)
     from train.export_cli import main as export
 
     out = tmp_path / "exported.safetensors"
@@ -279,4 +249,4 @@ def test_export_any_checkpoint_to_safetensors_that_finetuning_loads(reference, t
     )
     report = swinv2.load_pretrained(model, out)
     assert report.head == "loaded"
-    assert torch.equal(model.state_dict()["head.weight"], final_state(reference)["model"]["head.weight"])
+    assert torch.equal(model.state_dict()["head.weight"], newest_state(reference)["model"]["head.weight"])

@@ -22,30 +22,15 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from tests.tiny import TINY_DDP_RUN, assert_bitwise_equal, newest_state
+from train.checkpoint import checkpoint_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "slurm" / "local_cluster.sh"
 # The tiny run of tests/test_launch.py: start-up dominates; 40 steps take about 10 s on 2 cores.
 RUN = [
-    "data=synthetic",
-    "data.synthetic_samples=64",
-    "data.num_classes=10",
-    "data.num_workers=0",
-    "model.img_size=32",
-    "model.embed_dim=16",
-    "model.depths=[1,1]",
-    "model.num_heads=[1,2]",
-    "model.window_size=4",
-    "batch_size=8",
-    "optim.warmup_epochs=0",
-    "optim.warmup_steps=2",
-    "optim.scale_lr=false",
-    "optim.base_lr=2e-3",
-    "wandb.mode=offline",
-    "log_every=2",
-    "strategy=ddp",
+    *TINY_DDP_RUN,
     "max_steps=40",
     "checkpoint.every_steps=2",
 ]
@@ -99,28 +84,9 @@ def _job(job_id: str, env: dict[str, str]) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", out))
 
 
-def _final_state(run_dir: Path, tmp: Path) -> tuple[str, dict]:
-    """The newest checkpoint's name and its model and optimizer tensors, gathered from DCP."""
-    final = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
-    file = tmp / f"{run_dir.name}.pt"
-    dcp_to_torch_save(final / "dcp", file)
-    return final.name, torch.load(file, weights_only=False)
-
-
-def _assert_bitwise_equal(a, b, path: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
-        assert torch.equal(a, b), f"{path} differs"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _assert_bitwise_equal(a[key], b[key], f"{path}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_bitwise_equal(x, y, f"{path}/{i}")
-    else:
-        assert a == b, path
+def _final_state(run_dir: Path) -> tuple[str, dict]:
+    """The newest checkpoint's name and its model and optimizer tensors."""
+    return checkpoint_dirs(run_dir)[-1].name, newest_state(run_dir)
 
 
 def _last_loss(run_dir: Path) -> tuple[int, float]:
@@ -221,7 +187,7 @@ def test_stopped_job_requeues_resumes_and_equals_uninterrupted(
     ref_dir = reference()
     assert json.loads((run_dir / "result_finetune.json").read_text())["step"] == 40
     assert _last_loss(run_dir) == _last_loss(ref_dir)
-    name, state = _final_state(run_dir, tmp_path)
-    ref_name, ref_state = _final_state(ref_dir, tmp_path)
+    name, state = _final_state(run_dir)
+    ref_name, ref_state = _final_state(ref_dir)
     assert name == ref_name == "step_00000040"
-    _assert_bitwise_equal(state, ref_state)
+    assert_bitwise_equal(state, ref_state)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,7 @@ def zero3_init(overrides: list[str], env: DistEnv) -> dict[str, Any]:
     init_weights() (zero post-norms, std-0.02 linears), not left at torch's module defaults."""
     import deepspeed
 
-    cfg = make_cfg(*TINY, *overrides, "run_dir=unused")
+    cfg = make_cfg(*TINY, *overrides, f"run_dir={tempfile.mkdtemp(prefix='swinv2-test-')}")
     validate(cfg, env.world_size)
     from train.tasks import build_task
 
@@ -390,7 +391,7 @@ def test_checkpointing_and_sequential_attention_change_nothing():
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     out = {}
     for name, overrides in variants.items():
-        trainer = Trainer(make_cfg(*TINY, *overrides, "run_dir=unused"), env, {})
+        trainer = Trainer(make_cfg(*TINY, *overrides, f"run_dir={tempfile.mkdtemp(prefix='swinv2-test-')}"), env, {})
         trainer.setup()
         loss = trainer.task.loss(trainer.strategy.model, x, y)
         trainer.strategy.backward(loss)
