@@ -47,7 +47,8 @@ def launch(run_dir: Path, *extra: str, ranks: int = 1) -> subprocess.Popen:
             "-m",
             "train",
         ]
-        extra = ("strategy=ddp", *extra)
+        if not any(e.startswith("strategy=") for e in extra):
+            extra = ("strategy=ddp", *extra)
     cmd = [*prefix, *RUN, f"run_dir={run_dir}", *extra]
     return subprocess.Popen(
         cmd,
@@ -110,14 +111,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_equal(reference, tmp_pa
     assert again["step"] == first["step"] == 10 and again["samples_seen"] == first["samples_seen"]
 
 
-def test_ddp_two_ranks_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path, strategy):
     reference = tmp_path / "reference"
-    r = run(reference, "data.num_workers=0", ranks=2)
+    r = run(reference, "data.num_workers=0", f"strategy={strategy}", ranks=2)
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, "data.num_workers=0", ranks=2)
-    kill_after(proc, run_dir, 5)
-    r = run(run_dir, "data.num_workers=0", "resume=auto", ranks=2)
+    kill_after(launch(run_dir, "data.num_workers=0", f"strategy={strategy}", ranks=2), run_dir, 5)
+    r = run(run_dir, "data.num_workers=0", "resume=auto", f"strategy={strategy}", ranks=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resumed from" in r.stderr
     assert_bitwise_equal(newest_state(run_dir), newest_state(reference))
