@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from omegaconf import OmegaConf
 
 from train.__main__ import CONFIG_DIR
 from train.config import RunConfig, register_configs, validate
-from train.distributed import DistEnv, init_distributed
+from train.distributed import DistEnv, free_port, init_distributed, set_local_rank_env
 from train.trainer import Trainer
 
 CPU_STRATEGIES = ("ddp", "fsdp", "fairscale", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3")
@@ -96,13 +95,7 @@ def timed_steps(trainer: Trainer, steps: int, warmup: int, device: torch.device)
 
 # ------------------------------------------------------------------------------------------ cpu
 def _cpu_worker(rank: int, world: int, port: int, overrides: list[str], steps: int, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_rank_env(rank, world, port)
     torch.set_num_threads(1)
     result: dict[str, Any] = {}
     try:
@@ -121,12 +114,6 @@ def _cpu_worker(rank: int, world: int, port: int, overrides: list[str], steps: i
     os._exit(0)  # gloo may abort at interpreter exit after all work is done
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_cpu(args: argparse.Namespace) -> None:
     world, per_rank = 2, args.batch
     overrides = [*BASE, *COMMON, f"model.img_size={args.img}", f"batch_size={world * per_rank}"]
@@ -140,7 +127,7 @@ def bench_cpu(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as out:
             mp.spawn(
                 _cpu_worker,
-                args=(world, _free_port(), [*overrides, f"strategy={name}"], args.steps, out),
+                args=(world, free_port(), [*overrides, f"strategy={name}"], args.steps, out),
                 nprocs=world,
                 join=True,
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import traceback
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch.distributed.tensor import DTensor
 import swinv2
 from train.__main__ import CONFIG_DIR
 from train.config import ConfigError, RunConfig, register_configs, validate
-from train.distributed import DistEnv, init_distributed
+from train.distributed import DistEnv, free_port, init_distributed, set_local_rank_env
 from train.parallelize import apply_fsdp
 from train.strategies import Strategy, build_strategy
 from train.trainer import Trainer
@@ -216,13 +215,7 @@ def save_initial_weights(path: Path, *overrides: str) -> Path:
 
 
 def _worker(rank: int, world: int, port: int, runs: dict[str, list[str]], tmp: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_rank_env(rank, world, port)
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
     try:
@@ -241,15 +234,9 @@ def _worker(rank: int, world: int, port: int, runs: dict[str, list[str]], tmp: s
     os._exit(0)  # gloo may abort at interpreter exit after all work is done
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(worker, args: tuple, tmp: Path, world: int = 2) -> list[dict[str, Any]]:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    mp.spawn(worker, args=(world, _free_port(), *args, str(tmp)), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, free_port(), *args, str(tmp)), nprocs=world, join=True)
     results = [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
     for r in results:
         assert "error" not in r, r["error"]
@@ -409,13 +396,7 @@ def test_checkpointing_and_sequential_attention_change_nothing():
 
 
 def _giant_worker(rank: int, world: int, port: int, overrides: list[str], tmp: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
+    set_local_rank_env(rank, world, port)
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
     try:
