@@ -219,7 +219,7 @@ class Trainer:
     def _train_step(self, batches) -> tuple[float, torch.Tensor, torch.Tensor]:
         cfg, state, strategy = self.cfg, self.state, self.strategy
         accum = cfg.optim.accum_steps
-        total = 0.0
+        total = torch.zeros((), device=self.env.device)
         for micro in range(accum):
             images, target = next(batches)
             images = images.to(self.env.device, non_blocking=True)
@@ -228,8 +228,9 @@ class Trainer:
                 with self.autocast():
                     loss = self.task.loss(strategy.model, images, target)
                 strategy.backward(loss / accum)
-            total += loss.item() / accum
-        result = strategy.step(cfg.optim.clip_grad)
+            total += loss.detach().float() / accum
+        result = strategy.step(cfg.optim.clip_grad)  # syncs once for the grad norm; read the loss after it
+        total = total.item()
         state.step += 1
         state.samples_seen += self.micro_batch * accum * self.env.world_size
         self.scheduler.step_update(state.step)
