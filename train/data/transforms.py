@@ -156,7 +156,9 @@ class SupervisedTransform:
     def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)
+        # CPU generator only: torch.manual_seed also queues a lazy CUDA/XPU/MTIA seed, recording a
+        # stack trace each time, which cost more than decoding these small images.
+        torch.default_generator.manual_seed(seed)
         h, w = image_size(data)
         # Downscale in the DCT domain only as far as the smallest possible crop keeps img_size pixels.
         f = self.size / (self.min_side_frac * min(h, w))
