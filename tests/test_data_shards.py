@@ -68,6 +68,20 @@ def test_fashion_mnist_round_trip_and_resume(tmp_path):
     assert json.loads((out / "index.json").read_text())["num_samples"] == 250
 
 
+def test_fashion_mnist_padded_to_32_keeps_every_pixel(tmp_path):
+    out = tmp_path / "fm32"
+    assert main(["fashion-mnist", str(out), "--split", "test", "--limit", "20", "--pad", "32", "--no-progress"]) == 0
+    images, _ = load_split("", "test")
+    for sample in read_all(str(out)).values():
+        i = int(json.loads(sample["json"])["source"].split("/")[1])
+        padded = np.asarray(Image.open(io.BytesIO(sample["png"])))
+        assert padded.shape == (32, 32)
+        assert np.array_equal(padded[2:30, 2:30], images[i])  # centred, unchanged
+        border = padded.copy()
+        border[2:30, 2:30] = 0
+        assert not border.any()  # black border
+
+
 def test_rerun_with_other_settings_is_refused(tmp_path):
     refs, classes = fashion_mnist_refs("", "test")
     write_shards(refs[:20], classes, str(tmp_path), WriteOptions(samples_per_shard=10), progress=False)

@@ -29,6 +29,7 @@ def _write_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output directory (shards, index.json, manifest.json)")
     p.add_argument("--samples-per-shard", type=int, default=1000)
     p.add_argument("--resize", type=int, default=0, help="resize the shorter side to this (never enlarges); 0 keeps")
+    p.add_argument("--pad", type=int, default=0, help="centre smaller images on a black square of this side; 0: never")
     p.add_argument("--quality", type=int, default=0, help="re-encode as JPEG at this quality; 0 keeps the bytes")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
     p.add_argument("--prefix", default="shard", help="shard names: PREFIX-000000.tar")
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = WriteOptions(
             samples_per_shard=args.samples_per_shard,
             resize=args.resize,
+            pad=args.pad,
             quality=args.quality,
             processes=args.processes,
             shuffle=not args.no_shuffle,
