@@ -230,7 +230,7 @@ def test_cli_reads_an_experiment_and_prints_the_breakdown(capsys: pytest.Capture
         "--override",
         "strategy=fsdp",
         "--override",
-        "strategy.activation_checkpointing=[true,false]",
+        "strategy.activation_checkpointing=[true,false,false]",
     ]
     main(["--experiment", "demo_model", *overrides, "--world-size", "2"])
     out = capsys.readouterr().out
