@@ -4,6 +4,8 @@ Parts (``--parts``, comma separated):
   train  training step (forward, backward, AdamW step) of SwinV2-T at 256 against timm's
          ``swinv2_tiny_window8_256``, eager and with ``torch.compile``; sides alternate in one
          process so that load from other jobs hits both alike, and medians are reported.
+  profile  torch.profiler over two training steps of each side of ``train``: the seconds spent in
+         matrix multiplies (mm, addmm, bmm) against the whole step, which bounds any speed-up.
   block  peak memory and time of one SwinV2-G stage-1 block (C=512, 16 heads, window 32,
          shifted) forward+backward at 768x768 px (192x192 tokens, batch 1) for the ``math``,
          ``sdpa`` and ``sequential`` kernels, for the whole block and for its attention alone.
@@ -145,6 +147,31 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> None:
         print(f"  compile time {name}: {sum(warm[f'{name} compiled']) - 2 * steady:.1f} s (first two steps minus two steady steps)")
     if len(to_compile) == 2:
         report_steps({k: times[k] for k in ("timm compiled", "ours compiled")}, args.batch, "timm compiled")
+
+
+def bench_profile(args: argparse.Namespace, device: torch.device) -> None:
+    import timm
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    models = {
+        "ours": swinv2.build_model(TINY, drop_path_rate=0.1, attn_impl=args.attn_impl).to(device),
+        "timm": timm.create_model(TINY, drop_path_rate=0.1).to(device),
+    }
+    print(f"\n[profile] SwinV2-T 256, batch {args.batch}, two training steps per side under torch.profiler")
+    matmul_s = {}
+    for name, model in models.items():
+        step = make_train_step(model, device, batch=args.batch)
+        step()  # warm-up
+        with profile() as prof:
+            step()
+            step()
+        ops = {e.key: e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total for e in prof.key_averages()}
+        total = sum(ops.values()) / 1e6
+        matmul_s[name] = sum(ops.get(k, 0) for k in ("aten::mm", "aten::addmm", "aten::bmm")) / 1e6
+        print(f"  {name}: {total:6.2f} s, of it matrix multiplies {matmul_s[name]:6.2f} s ({matmul_s[name] / total:.0%})")
+        if name == "timm":
+            print(f"  ceiling of ours vs timm if everything but our matrix multiplies took no time: {total / matmul_s['ours']:.2f}x")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +350,7 @@ def bench_giant(args: argparse.Namespace, device: torch.device) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--parts", default=None, help="comma-separated: train,block,giant (default: train,block; +giant on cuda)")
+    p.add_argument("--parts", default=None, help="comma-separated: train,profile,block,giant (default: train,block; +giant on cuda)")
     p.add_argument("--quick", action="store_true", help="batch 8, 3 rounds, 512 px block, no compile")
     p.add_argument("--iters", type=int, default=None, help="alternating rounds per measurement (default 5, quick 3)")
     p.add_argument("--batch", type=int, default=None, help="train batch size (default 16, quick 8)")
@@ -342,9 +369,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--block-img must be a multiple of 128 (4 px patches, 32-token windows)")
     default_parts = "train,block,giant" if args.device == "cuda" else "train,block"
     args.parts = (args.parts or default_parts).split(",")
-    unknown = set(args.parts) - {"train", "block", "giant"}
+    unknown = set(args.parts) - {"train", "profile", "block", "giant"}
     if unknown:
-        p.error(f"unknown part(s) {sorted(unknown)}; choose from train, block, giant")
+        p.error(f"unknown part(s) {sorted(unknown)}; choose from train, profile, block, giant")
     if "giant" in args.parts and args.device != "cuda":
         p.error("the giant part needs --device cuda (3B parameters with AdamW take about 48 GB)")
     return args
@@ -362,6 +389,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device}, {torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPUs'}")
     if "train" in args.parts:
         bench_train(args, device)
+    if "profile" in args.parts:
+        bench_profile(args, device)
     if "block" in args.parts:
         bench_block(args, device)
     if "giant" in args.parts:
