@@ -7,6 +7,7 @@ loader starts, and raises ``ConfigError`` with one line naming the setting and a
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,15 +265,11 @@ def _validate_strategy(cfg: RunConfig, world_size: int, *, num_stages: int) -> N
     if s.name.startswith("deepspeed"):
         _validate_deepspeed(cfg, world_size, on_cpu=on_cpu)
     if s.name == "fairscale":
-        import importlib.util
-
         if importlib.util.find_spec("fairscale") is None:
             raise ConfigError("strategy=fairscale needs the optional extra: pip install -e '.[fairscale]'")
 
 
 def _validate_deepspeed(cfg: RunConfig, world_size: int, *, on_cpu: bool) -> None:
-    import importlib.util
-
     s = cfg.strategy
     if importlib.util.find_spec("deepspeed") is None:
         raise ConfigError(f"strategy={s.name} needs deepspeed: pip install deepspeed")
