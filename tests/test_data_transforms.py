@@ -13,7 +13,14 @@ from skimage import data as skdata
 
 from train.data import AugConfig, DataConfig, MaskConfig, MaskGenerator, build_loader, build_mixup
 from train.data.decode import decode_rgb
-from train.data.transforms import EvalTransform, SimMIMTransform, build_transform, crop_resize, sample_rrc_box
+from train.data.transforms import (
+    CropFlipTransform,
+    EvalTransform,
+    SupervisedTransform,
+    build_transform,
+    crop_resize,
+    sample_rrc_box,
+)
 
 torch.set_num_threads(1)
 
@@ -63,7 +70,8 @@ def test_simmim_transform_matches_torchvision_resized_crop():
     """Same box as torchvision's RandomResizedCrop would draw, resized by torch instead of PIL."""
     a = np.asarray(Image.fromarray(skdata.chelsea()).resize((500, 375)))
     data = jpeg(a)
-    tf = SimMIMTransform(192, AugConfig(), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    tf = build_transform("simmim", 192, AugConfig(), DataConfig(mean=(0.0,) * 3, std=(1.0,) * 3))
+    assert isinstance(tf, CropFlipTransform)
     out = tf.collate([tf(data, seed=5)])[0] * 255
     rng = random.Random(5)
     top, left, h, w = sample_rrc_box(375, 500, (0.67, 1.0), (3 / 4, 4 / 3), rng)
@@ -90,6 +98,35 @@ def test_eval_transform_matches_timm_resize_and_centre_crop():
     assert (ours - ref).abs().mean() * 127.5 < 2.0  # in 8-bit levels
     no_crop = EvalTransform(384, AugConfig(eval_no_crop=True), (0.5,) * 3, (0.5,) * 3)(data, 0)
     assert no_crop.shape == (3, 384, 384)
+
+
+def test_supervised_crop_and_flip_recipes_skip_pil_and_match_timm():
+    """Without RandAugment, colour jitter and random erasing, the supervised transform is the tensor
+    crop-and-flip path: timm's crop box, flip and normalisation, resized by torch instead of PIL."""
+    from timm.data import create_transform
+
+    aug = AugConfig(rand_augment=None, color_jitter=None, reprob=0.0, interpolation="bicubic")
+    cfg = DataConfig(mean=(0.5,) * 3, std=(0.25,) * 3)
+    buf = io.BytesIO()  # PNG: no reduced JPEG decode (tested above), so only the resize differs
+    Image.fromarray(skdata.coffee()).resize((500, 375)).save(buf, "PNG")
+    data = buf.getvalue()
+    fast = build_transform("supervised", 160, aug, cfg)
+    assert isinstance(fast, CropFlipTransform)
+    assert isinstance(build_transform("supervised", 160, AugConfig(), cfg), SupervisedTransform)
+    # timm's own pipeline without its flip (which draws from torch's generator, ours from the seed)
+    timm_tf = create_transform(160, is_training=True, scale=aug.scale, ratio=aug.ratio, hflip=0.0,
+                               color_jitter=None, auto_augment=None, interpolation="bicubic",
+                               mean=cfg.mean, std=cfg.std, re_prob=0.0)  # fmt: skip
+    flipped = set()
+    for seed in range(6):
+        ours = fast.collate([fast(data, seed)])[0]
+        random.seed(seed)  # timm's crop draws from the global `random` in the same order as ours
+        ref = timm_tf(Image.open(io.BytesIO(data)).convert("RGB"))
+        errs = [float((o - ref).abs().mean()) * 0.25 * 255 for o in (ours, ours.flip(-1))]  # 8-bit levels
+        assert ours.shape == ref.shape == (3, 160, 160)
+        assert min(errs) < 0.5, errs
+        flipped.add(errs[1] < errs[0])
+    assert flipped == {True, False}  # half the images are flipped
 
 
 def test_supervised_transform_is_seeded_and_leaves_no_global_state_behind():

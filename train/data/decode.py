@@ -66,3 +66,12 @@ def decode_rgb(data: RawImage, *, min_size: tuple[int, int] = (0, 0)) -> np.ndar
             except Exception:
                 raise exc from None
     return _pil_rgb(data, min_size)
+
+
+def decode_once_unless_jpeg(data: RawImage) -> RawImage:
+    """JPEGs stay encoded (their decode can be reduced to the crop's needs); other formats have no
+    reduced decode, so they are decoded here once instead of being opened for their size and again
+    for their pixels."""
+    if isinstance(data, np.ndarray) or data[:2] == JPEG_MAGIC:
+        return data
+    return decode_rgb(data)

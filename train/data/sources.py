@@ -112,8 +112,9 @@ class WebDatasetSource(Source):
                         key, members = prefix, {}
                         if ordinal >= stop:
                             return
-                    if ordinal >= start:
-                        members[ext.lower()] = tar.extractfile(info).read()
+                    ext = ext.lower()
+                    if ordinal >= start and (ext in IMAGE_EXTS or ext == "cls"):  # others (json) stay unread
+                        members[ext] = tar.extractfile(info).read()
                 except (tarfile.TarError, OSError, EOFError) as exc:
                     # Truncated or corrupt archive: the sample being read and all after it are lost.
                     lost_from = max(ordinal, start)

@@ -5,7 +5,7 @@ Every transform takes the raw image and an integer seed and returns a (3, H, W) 
 stacked uint8 batch in one operation). Seeding per sample (from epoch and stream position) is what
 makes a restored stream reproduce the augmentations of an uninterrupted one.
 
-SimMIM and eval avoid PIL: the crop box is chosen on the stored size, the JPEG is decoded at the
+SimMIM, eval and supervised recipes without photometric augmentation avoid PIL: the crop box is chosen on the stored size, the JPEG is decoded at the
 smallest DCT scale that still covers the box at the output resolution, and torch's uint8
 antialiased interpolation resizes it (several times faster than PIL's resize).
 """
@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from train.data.config import AugConfig, DataConfig
-from train.data.decode import RawImage, decode_rgb, image_size
+from train.data.decode import RawImage, decode_once_unless_jpeg, decode_rgb, image_size
 
 if TYPE_CHECKING:
     from timm.data import Mixup  # imported lazily: timm takes seconds to import
 
 Box = tuple[int, int, int, int]  # top, left, height, width in stored-image pixels
+TORCH_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # what crop_resize does on uint8
 
 
 def sample_rrc_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random) -> Box:
@@ -80,20 +81,27 @@ class Normalize:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
-class SimMIMTransform:
-    """RandomResizedCrop(scale 0.67-1, ratio 3/4-4/3), horizontal flip, normalise."""
+class CropFlipTransform:
+    """RandomResizedCrop + horizontal flip on uint8 tensors, normalised on the stacked batch.
 
-    def __init__(self, img_size: int, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    SimMIM's augmentation, and the supervised one when a recipe asks for no photometric change
+    (no RandAugment, colour jitter or random erasing): same crop boxes as torchvision's, about 4x
+    less work per image than timm's PIL pipeline.
+    """
+
+    def __init__(self, img_size: int, *, scale: tuple[float, float], ratio: tuple[float, float],
+                 interpolation: str, hflip: float, mean: tuple[float, ...], std: tuple[float, ...]) -> None:  # fmt: skip
         self.size = (img_size, img_size)
-        self.aug = aug
+        self.scale, self.ratio, self.interpolation, self.hflip = tuple(scale), tuple(ratio), interpolation, hflip
         self.normalize = Normalize(mean, std)
 
     def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
         rng = random.Random(seed)
+        data = decode_once_unless_jpeg(data)
         h, w = image_size(data)
-        box = sample_rrc_box(h, w, self.aug.simmim_scale, self.aug.simmim_ratio, rng)
-        flip = rng.random() < 0.5
-        return crop_resize(data, box, self.size, self.aug.simmim_interpolation, flip)
+        box = sample_rrc_box(h, w, self.scale, self.ratio, rng)
+        flip = rng.random() < self.hflip
+        return crop_resize(data, box, self.size, self.interpolation, flip)
 
     def collate(self, images: list[torch.Tensor]) -> torch.Tensor:
         return self.normalize(torch.stack(images))
@@ -109,6 +117,7 @@ class EvalTransform:
         self.normalize = Normalize(mean, std)
 
     def __call__(self, data: RawImage, seed: int) -> torch.Tensor:
+        data = decode_once_unless_jpeg(data)
         h, w = image_size(data)
         if self.aug.eval_no_crop:
             return crop_resize(data, (0, 0, h, w), (self.size, self.size), self.aug.interpolation)
@@ -169,14 +178,24 @@ class SupervisedTransform:
         return torch.stack(images)  # timm's transform has normalised already
 
 
-def build_transform(
-    task: str, img_size: int, aug: AugConfig, cfg: DataConfig
-) -> SimMIMTransform | SupervisedTransform | EvalTransform:
+Transform = CropFlipTransform | EvalTransform | SupervisedTransform
+
+
+def build_transform(task: str, img_size: int, aug: AugConfig, cfg: DataConfig) -> Transform:
     """The per-sample transform of a task: "simmim", "supervised" or "eval"."""
-    classes = {"simmim": SimMIMTransform, "supervised": SupervisedTransform, "eval": EvalTransform}
-    if task not in classes:
-        raise ValueError(f"task must be one of {sorted(classes)}, got {task!r}")
-    return classes[task](img_size, aug, tuple(cfg.mean), tuple(cfg.std))
+    mean, std = tuple(cfg.mean), tuple(cfg.std)
+    if task == "simmim":
+        return CropFlipTransform(img_size, scale=aug.simmim_scale, ratio=aug.simmim_ratio,
+                                 interpolation=aug.simmim_interpolation, hflip=0.5, mean=mean, std=std)  # fmt: skip
+    if task == "supervised":
+        photometric = aug.rand_augment or aug.color_jitter or aug.reprob > 0
+        if photometric or aug.interpolation not in TORCH_INTERPOLATIONS:
+            return SupervisedTransform(img_size, aug, mean, std)
+        return CropFlipTransform(img_size, scale=aug.scale, ratio=aug.ratio, interpolation=aug.interpolation,
+                                 hflip=aug.hflip, mean=mean, std=std)  # fmt: skip
+    if task == "eval":
+        return EvalTransform(img_size, aug, mean, std)
+    raise ValueError(f"task must be one of ['eval', 'simmim', 'supervised'], got {task!r}")
 
 
 def build_mixup(aug: AugConfig, num_classes: int) -> "Mixup | None":
