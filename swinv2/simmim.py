@@ -65,7 +65,9 @@ class SimMIM(nn.Module):
         w = mask.unsqueeze(-1).to(tokens.dtype)
         tokens = tokens * (1.0 - w) + self.mask_token.to(tokens.dtype) * w
         features = self.encoder.forward_stages(tokens)  # (B, H/s, W/s, F)
-        return self.decoder(features.permute(0, 3, 1, 2))
+        # contiguous: a channels-last input would give the 1x1 conv's weight a channels-last gradient,
+        # which DDP's flat gradient buckets must copy (and warn about) every step
+        return self.decoder(features.permute(0, 3, 1, 2).contiguous())
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, reconstruction)."""
