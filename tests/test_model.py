@@ -166,6 +166,8 @@ def test_simmim_loss_counts_only_masked_pixels():
     assert model.mask_token.grad.abs().sum() > 0
     assert model.encoder.stride == 8  # two stages of a patch-4 model
     assert model.decoder[0].out_channels == 8**2 * 3
+    # DDP's gradient buckets are contiguous: a channels-last gradient would be copied every step
+    assert model.decoder[0].weight.grad.is_contiguous()
 
 
 def test_normalized_targets_match_a_direct_window_computation():
