@@ -85,8 +85,8 @@ class CropFlipTransform:
     """RandomResizedCrop + horizontal flip on uint8 tensors, normalised on the stacked batch.
 
     SimMIM's augmentation, and the supervised one when a recipe asks for no photometric change
-    (no RandAugment, colour jitter or random erasing): same crop boxes as torchvision's, about 4x
-    less work per image than timm's PIL pipeline.
+    (no RandAugment, colour jitter or random erasing): the crop boxes of torchvision's and timm's
+    RandomResizedCrop without their PIL round trip.
     """
 
     def __init__(self, img_size: int, *, scale: tuple[float, float], ratio: tuple[float, float],
