@@ -28,8 +28,13 @@ class DataParallelStrategy(TorchStrategy):
         model.to(self.device)
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # SwinV2's buffers (position tables, token orders, shift regions) are constants every rank
+            # computes itself: no broadcast of them from rank 0 before every forward.
             self.model = DistributedDataParallel(
-                model, device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+                model,
+                device_ids=device_ids,
+                find_unused_parameters=self.find_unused_parameters,
+                broadcast_buffers=False,
             )
         else:
             self.model = model
