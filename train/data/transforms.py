@@ -5,9 +5,10 @@ Every transform takes the raw image and an integer seed and returns a (3, H, W) 
 stacked uint8 batch in one operation). Seeding per sample (from epoch and stream position) is what
 makes a restored stream reproduce the augmentations of an uninterrupted one.
 
-SimMIM, eval and supervised recipes without photometric augmentation avoid PIL: the crop box is chosen on the stored size, the JPEG is decoded at the
-smallest DCT scale that still covers the box at the output resolution, and torch's uint8
-antialiased interpolation resizes it (several times faster than PIL's resize).
+SimMIM, eval and supervised recipes without photometric augmentation avoid PIL: the crop box is
+chosen on the stored size, the JPEG is decoded at the smallest DCT scale that still covers the box
+at the output resolution, and torch's uint8 antialiased interpolation resizes it (several times
+faster than PIL's resize).
 """
 
 import math
