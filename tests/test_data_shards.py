@@ -11,7 +11,7 @@ from skimage import data as skdata
 
 from train.data.fashion_mnist import load_split
 from train.data.index import ShardIndex
-from train.data.shards import WriteOptions, fashion_mnist_refs, write_shards
+from train.data.shards import WriteOptions, _encode, fashion_mnist_refs, write_shards
 from train.data.shards_cli import main
 
 
@@ -80,6 +80,16 @@ def test_fashion_mnist_padded_to_32_keeps_every_pixel(tmp_path):
         border = padded.copy()
         border[2:30, 2:30] = 0
         assert not border.any()  # black border
+
+
+def test_images_that_need_no_resize_or_pad_keep_their_bytes():
+    buf = io.BytesIO()
+    Image.fromarray(skdata.astronaut()).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()  # 512 x 512
+    assert _encode(data, "jpg", WriteOptions(pad=32)) == (data, "jpg")
+    assert _encode(data, "jpg", WriteOptions(resize=1024)) == (data, "jpg")
+    padded, ext = _encode(data, "jpg", WriteOptions(pad=600))
+    assert ext == "png" and Image.open(io.BytesIO(padded)).size == (600, 600)
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path):

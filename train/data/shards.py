@@ -126,10 +126,8 @@ def _load(ref: Ref) -> tuple[bytes | np.ndarray, str]:
 
 
 def _encode(data: bytes | np.ndarray, ext: str, opts: WriteOptions) -> tuple[bytes, str]:
-    """Re-encode only when asked to resize, pad or change quality (or for raw arrays, losslessly as PNG)."""
-    if isinstance(data, bytes) and not opts.resize and not opts.quality and not opts.pad:
-        return data, ext
-    img = Image.fromarray(data) if isinstance(data, np.ndarray) else Image.open(io.BytesIO(data))
+    """Re-encode only what is resized, padded or given a JPEG quality (and raw arrays, losslessly as PNG)."""
+    img = original = Image.fromarray(data) if isinstance(data, np.ndarray) else Image.open(io.BytesIO(data))
     if opts.resize and min(img.size) > opts.resize:
         w, h = img.size
         s = opts.resize / min(w, h)
@@ -139,6 +137,8 @@ def _encode(data: bytes | np.ndarray, ext: str, opts: WriteOptions) -> tuple[byt
         canvas = Image.new(img.mode, (w, h))  # zeros: black
         canvas.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
         img = canvas
+    if isinstance(data, bytes) and img is original and not opts.quality:
+        return data, ext  # neither resized nor padded: keep the stored bytes
     out = io.BytesIO()
     if opts.quality:
         img.convert("RGB").save(out, "JPEG", quality=opts.quality)
