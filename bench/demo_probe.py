@@ -3,7 +3,9 @@ scratch on Fashion-MNIST held in memory (no shards, no loader, one process), wit
 after every epoch: plain, with flip averaging, and of an EMA of the weights.
 
 It isolates what the model and recipe can reach in N epochs from the pipeline's speed, so model and
-recipe choices for `make demo` can be compared in minutes. Model settings override the demo's:
+recipe choices for `make demo` can be compared in minutes. Model, batch, optimizer and schedule are
+those of `experiment=demo_finetune`, without its layer decay (meant for a pretrained start); model
+settings override the demo's:
 
     .venv/bin/python bench/demo_probe.py --epochs 4
     .venv/bin/python bench/demo_probe.py --epochs 3 depths=[2,2,4]
@@ -18,23 +20,29 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 
 import swinv2
-from train.config import OptimConfig
-from train.data.fashion_mnist import MEAN, STD, load_split
+from train.__main__ import CONFIG_DIR
+from train.config import RunConfig, register_configs
+from train.data.fashion_mnist import load_split
 from train.optim import build_optimizer, build_scheduler
 
-# configs/experiment/demo_model.yaml and demo_finetune.yaml
-DEMO_MODEL = dict(
-    patch_size=4, embed_dim=48, depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=4, drop_path_rate=0.0
-)
+
+def demo_config() -> RunConfig:
+    register_configs()
+    with initialize_config_dir(CONFIG_DIR, version_base=None):
+        return OmegaConf.to_object(
+            compose("config", overrides=["experiment=demo_finetune", "optim.layer_decay=null"])
+        )
 
 
-def load(split: str, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def load(split: str, pad: int, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_split("", split)
     x = torch.from_numpy(np.pad(images, ((0, 0), (pad, pad), (pad, pad)))).float().div(255)
-    x = x.sub(MEAN[0]).div(STD[0])[:, None].expand(-1, 3, -1, -1).contiguous()
+    x = x.sub(mean).div(std)[:, None].expand(-1, 3, -1, -1).contiguous()
     return x, torch.from_numpy(labels)
 
 
@@ -54,9 +62,6 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, flip_aver
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=float, default=4)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--pad", type=int, default=2, help="pixels of black border around the 28 px images")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--threads", type=int, default=2)
@@ -64,17 +69,18 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    kwargs = dict(DEMO_MODEL, img_size=28 + 2 * args.pad, num_classes=10)
+    cfg = demo_config()
+    kwargs = dict(cfg.model.overrides(), img_size=28 + 2 * args.pad, num_classes=10)
     for item in args.overrides:
         key, value = item.split("=", 1)
         kwargs[key] = ast.literal_eval(value)
-    x_train, y_train = load("train", args.pad)
-    x_test, y_test = load("test", args.pad)
-    model = swinv2.build_model("swinv2_tiny_window8_256", **kwargs)
-    cfg = OptimConfig(base_lr=args.lr, scale_lr=False, warmup_epochs=0.1, min_lr=1e-5, weight_decay=0.05)
-    steps_per_epoch = len(x_train) // args.batch
-    optimizer = build_optimizer(model, cfg, total_batch=args.batch)
-    scheduler = build_scheduler(optimizer, cfg, total_batch=args.batch, steps_per_epoch=steps_per_epoch,
+    x_train, y_train = load("train", args.pad, cfg.data.mean[0], cfg.data.std[0])
+    x_test, y_test = load("test", args.pad, cfg.data.mean[0], cfg.data.std[0])
+    model = swinv2.build_model(cfg.model.name, **kwargs)
+    batch = cfg.batch_size
+    steps_per_epoch = len(x_train) // batch
+    optimizer = build_optimizer(model, cfg.optim, total_batch=batch)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_batch=batch, steps_per_epoch=steps_per_epoch,
                                 epochs=args.epochs)  # fmt: skip
     ema = ModelEmaV3(model, decay=args.ema)
     total = int(args.epochs * steps_per_epoch)
@@ -86,13 +92,13 @@ def main() -> None:
         for i in range(steps_per_epoch):
             if step == total:
                 break
-            idx = order[i * args.batch : (i + 1) * args.batch]
+            idx = order[i * batch : (i + 1) * batch]
             x = x_train[idx]
             x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
-            loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=args.label_smoothing)
+            loss = F.cross_entropy(model(x), y_train[idx], label_smoothing=cfg.data.aug.label_smoothing)
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
             optimizer.step()
             step += 1
             scheduler.step_update(step)
