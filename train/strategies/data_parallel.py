@@ -29,12 +29,12 @@ class DataParallelStrategy(TorchStrategy):
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # SwinV2's buffers (position tables, token orders, shift regions) are constants every rank
-            # computes itself: no broadcast of them from rank 0 before every forward.
+            # computes itself: synced once at init, not broadcast from rank 0 before every forward.
             self.model = DistributedDataParallel(
                 model,
                 device_ids=device_ids,
                 find_unused_parameters=self.find_unused_parameters,
-                broadcast_buffers=False,
+                forward_sync_buffers=False,
             )
         else:
             self.model = model
