@@ -96,7 +96,9 @@ def main() -> None:
             if step == total:
                 break
             idx = order[i * batch : (i + 1) * batch]
-            x = train_transform.collate([train_transform(images[k], step * batch + j) for j, k in enumerate(idx)])
+            x = train_transform.collate(
+                [train_transform(images[k], step * batch + j) for j, k in enumerate(idx)]
+            )
             logits = model(x)
             loss = F.cross_entropy(logits, y_train[idx], label_smoothing=cfg.data.aug.label_smoothing)
             loss_sum += float(loss.detach()) * len(idx)
