@@ -43,5 +43,5 @@ bench: setup
 lint: setup
 	$(PY) -m ruff check swinv2 train tests bench
 
-clean:
-	rm -rf .venv runs data
+clean:  # the venv and the demo's runs and shards; other runs are yours
+	rm -rf .venv runs/demo $(SHARDS)
