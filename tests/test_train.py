@@ -126,30 +126,65 @@ def test_simmim_then_finetune_then_eval_through_the_entry_point(tmp_path):
     assert metrics["top1"] == pytest.approx(result["best_top1"], abs=1e-6)
 
 
-def _one_step(cfg: RunConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Weights after one optimizer step on ``batches`` (the micro-batches of that step)."""
+def _one_step(
+    cfg: RunConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """Weights after one optimizer step on ``batches`` (the micro-batches of that step), the
+    gradients the optimizer was handed for it (captured just before it stepped), and its LR."""
     trainer = Trainer(cfg, CPU, {})
     trainer.setup()
+    names = {id(p): n for n, p in trainer.strategy.module.named_parameters()}
+    grads: dict[str, torch.Tensor] = {}
+
+    def capture(optimizer, args, kwargs):
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    grads[names[id(p)]] = p.grad.detach().clone()
+
+    trainer.strategy.optimizer.register_step_pre_hook(capture)
+    lr = max(group["lr"] for group in trainer.strategy.optimizer.param_groups)
     if batches:
         trainer._train_step(iter(batches))
-    return {k: v.clone() for k, v in trainer.strategy.module.state_dict().items()}
+    weights = {k: v.clone() for k, v in trainer.strategy.module.state_dict().items()}
+    return weights, grads, lr
 
 
 def test_accumulating_two_halves_equals_one_full_batch(tmp_path):
     torch.manual_seed(0)
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    common = ("max_steps=1", "wandb.enabled=false", "data.aug.label_smoothing=0", "optim.clip_grad=null")
-    full = _one_step(make_cfg(*common, "batch_size=16", f"run_dir={tmp_path / 'a'}"), [(images, labels)])
+    # no warmup: the step runs at the base LR, so it moves weights by ~1e-3 (Adam's first step is
+    # ~lr * sign(g)), far above the weight tolerance below
+    common = (
+        "max_steps=1",
+        "wandb.enabled=false",
+        "data.aug.label_smoothing=0",
+        "optim.clip_grad=null",
+        "optim.warmup_steps=0",
+    )
+    full, full_grads, lr = _one_step(
+        make_cfg(*common, "batch_size=16", f"run_dir={tmp_path / 'a'}"), [(images, labels)]
+    )
+    assert lr == pytest.approx(2e-3)
     halves = [(images[:8], labels[:8]), (images[8:], labels[8:])]
-    accum = _one_step(
+    accum, accum_grads, _ = _one_step(
         make_cfg(*common, "batch_size=16", "optim.accum_steps=2", f"run_dir={tmp_path / 'b'}"), halves
     )
+    # The gradients themselves (Adam's first step hides their scale, e.g. a missing / accum_steps):
+    # the two halves' accumulated gradient is the full batch's mean gradient.
+    assert full_grads.keys() == accum_grads.keys() and len(full_grads) > 10
+    assert full_grads["head.weight"].abs().max() > 1e-2
+    assert full_grads["patch_embed.proj.weight"].abs().max() > 1e-3
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(accum_grads[name], grad, atol=1e-8, rtol=1e-5, msg=name)
     for name, value in full.items():
         torch.testing.assert_close(accum[name], value, atol=1e-6, rtol=1e-5, msg=name)
-    initial = _one_step(make_cfg(*common, "batch_size=16", f"run_dir={tmp_path / 'c'}"), [])
-    # zero-initialised post-norms: at step 1 only the norms, patch embedding, merging and head move
+    initial, _, _ = _one_step(make_cfg(*common, "batch_size=16", f"run_dir={tmp_path / 'c'}"), [])
+    # zero-initialised post-norms: at step 1 only the norms, patch embedding, merging and head move,
+    # each by about the LR (far above the 1e-6 tolerance above)
     for name in ("head.weight", "layers.0.blocks.0.norm1.weight", "patch_embed.proj.weight"):
-        assert not torch.equal(full[name], initial[name]), name
+        change = (full[name] - initial[name]).abs().max().item()
+        assert change > 0.5 * lr, (name, change)
 
 
 def test_bf16_autocast_step_on_cpu(tmp_path):
