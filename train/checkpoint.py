@@ -5,8 +5,13 @@ by ``torch.distributed.checkpoint``, or ``deepspeed/``, the engine's checkpoint)
 (schedule, trainer state, every rank's data position and RNG, EMA, the resolved config).
 
 Every checkpoint is written into ``.tmp_step_*`` and renamed once complete, so a kill at any moment
-leaves the previous checkpoint loadable; leftovers of a killed save are removed by the next save.
+leaves the previous checkpoint loadable; leftovers of a killed save are removed by the next save. A
+step saved again (a resumed run re-reaching it) moves the old copy to ``.replaced_step_*`` until the
+new one is in place; after a kill in between, the old copy is put back.
 Files are read with ``torch.load(weights_only=True)``: nothing beyond tensors and plain containers.
+
+Resuming from a checkpoint that is not the newest moves the newer ones (an abandoned branch) into
+``checkpoints/abandoned_<time>/``, so that pruning and ``resume=auto`` only see the resumed branch.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -61,6 +67,7 @@ class Checkpointer:
         final = self.root / f"step_{step:08d}"
         tmp = self.root / f".tmp_step_{step:08d}"
         if self.is_main:
+            self._restore_replaced()
             for stale in self.root.glob(".tmp_step_*") if self.root.is_dir() else []:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -69,9 +76,11 @@ class Checkpointer:
         _barrier()
         if self.is_main:
             torch.save(trainer_payload, tmp / TRAINER_FILE)
+            old = self.root / f".replaced_{final.name}"
             if final.exists():  # the same step saved again (a resumed run re-reaching it)
-                shutil.rmtree(final)
+                os.replace(final, old)
             os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
             self._prune()
             log.info("saved checkpoint %s", final)
         _barrier()
@@ -84,9 +93,45 @@ class Checkpointer:
             if not (self.keep_every and step % self.keep_every == 0):
                 shutil.rmtree(old, ignore_errors=True)
 
+    def _restore_replaced(self) -> None:
+        """Puts back a re-saved step's old copy if a kill came before its new copy was in place."""
+        for old in self.root.glob(".replaced_step_*") if self.root.is_dir() else []:
+            final = self.root / old.name.removeprefix(".replaced_")
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+                log.warning("%s: its re-save was interrupted; restored the previous copy", final)
+
+    def _abandon_newer(self, resumed: Path) -> None:
+        """Moves the checkpoints newer than ``resumed`` (a branch the resumed run replaces) aside."""
+        match = _STEP_DIR.match(resumed.name)
+        if not match:
+            return
+        step = int(match.group(1))
+        newer = sorted(
+            p for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name)) and int(m.group(1)) > step
+        )
+        if not newer:
+            return
+        aside = self.root / f"abandoned_{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(exist_ok=True)
+        for p in newer:
+            os.replace(p, aside / p.name)
+        log.warning(
+            "resuming from %s, not the newest checkpoint: moved the newer %s into %s (kept, not deleted; "
+            "pruning and resume=auto no longer see them)",
+            resumed.name,
+            ", ".join(p.name for p in newer),
+            aside,
+        )
+
     def resolve(self, resume: str | None) -> Path | None:
         """The checkpoint directory to resume from, or None to start fresh. Raises CheckpointError
         rather than silently falling back to something the user did not ask for."""
+        if self.is_main:
+            self._restore_replaced()
+        _barrier()
         existing = checkpoint_dirs(self.run_dir)
         if resume is None:
             if existing:
@@ -110,6 +155,9 @@ class Checkpointer:
                 f"set run_dir to that directory to continue it, or use task.init_from={resume} to start from "
                 "its weights"
             )
+        if self.is_main:
+            self._abandon_newer(path)
+        _barrier()
         return path
 
 
