@@ -1,6 +1,6 @@
 """Checkpoint directories stay truthful: resuming an older checkpoint sets the newer ones of the
-abandoned branch aside (kept, never pruned or auto-resumed), and re-saving a step survives a kill
-at any point."""
+abandoned branch aside (kept, never pruned or auto-resumed), re-saving a step survives a kill at
+any point, and a fairscale run's checkpoint exports and initialises like any other."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-from train.checkpoint import TRAINER_FILE, Checkpointer, checkpoint_dirs
+from tests.tiny import TINY_MODEL, TINY_RUN
+from train.checkpoint import TRAINER_FILE, Checkpointer, checkpoint_dirs, read_model_weights
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
@@ -115,3 +117,60 @@ def test_resaving_a_step_replaces_it(tmp_path):
     ck.save(8, _writes("second"), {"step": 8})
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000008"]
     assert _tag(checkpoint_dirs(run)[-1]) == "second"
+
+
+def _fairscale_run(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "train",
+        *TINY_RUN,
+        "strategy=fairscale",
+        "data.num_workers=0",
+        "optim.warmup_epochs=0",
+        "optim.warmup_steps=1",
+        f"run_dir={run_dir}",
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def test_fairscale_checkpoint_exports_initialises_and_resumes(tmp_path):
+    import swinv2
+    from train.export_cli import main as export
+
+    run_dir = tmp_path / "fairscale"
+    r = _fairscale_run(run_dir, "max_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (newest,) = checkpoint_dirs(run_dir)
+    saved = torch.load(newest / "fairscale.pt", map_location="cpu", weights_only=True)["model"]
+
+    weights = read_model_weights(run_dir)  # what task.init_from=<run> reads
+    assert weights.keys() == saved.keys()
+    assert all(torch.equal(weights[k], saved[k]) for k in saved)
+
+    out = tmp_path / "exported.safetensors"
+    export([str(run_dir), str(out)])
+    overrides = dict(o.removeprefix("model.").split("=") for o in TINY_MODEL)
+    model = swinv2.build_model(
+        "swinv2_tiny_window8_256",
+        img_size=int(overrides["img_size"]),
+        embed_dim=int(overrides["embed_dim"]),
+        depths=(1, 1),
+        num_heads=(1, 2),
+        window_size=int(overrides["window_size"]),
+        num_classes=10,
+    )
+    report = swinv2.load_pretrained(model, out)
+    assert report.head == "loaded"
+    assert torch.equal(model.state_dict()["head.weight"], saved["head.weight"])
+
+    # Resuming reads fairscale.pt with weights_only=True: model, OSS optimizer and scaler state.
+    r = _fairscale_run(run_dir, "max_steps=3", "resume=auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_00000002", "step_00000003"]

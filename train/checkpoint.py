@@ -1,8 +1,9 @@
 """Checkpoints of a run, and reading weights back out of them.
 
 Layout: ``RUN_DIR/checkpoints/step_00001234/`` holding the strategy's own state (``dcp/``, sharded
-by ``torch.distributed.checkpoint``, or ``deepspeed/``, the engine's checkpoint) and ``trainer.pt``
-(schedule, trainer state, every rank's data position and RNG, EMA, the resolved config).
+by ``torch.distributed.checkpoint``, ``deepspeed/``, the engine's checkpoint, or ``fairscale.pt``,
+fairscale's consolidated model + optimizer) and ``trainer.pt`` (schedule, trainer state, every
+rank's data position and RNG, EMA, the resolved config).
 
 Every checkpoint is written into ``.tmp_step_*`` and renamed once complete, so a kill at any moment
 leaves the previous checkpoint loadable; leftovers of a killed save are removed by the next save. A
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 TRAINER_FILE = "trainer.pt"
 DCP_DIR = "dcp"
 DEEPSPEED_DIR = "deepspeed"
+FAIRSCALE_FILE = "fairscale.pt"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -191,8 +193,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def read_model_weights(path: str | Path) -> dict[str, torch.Tensor] | str | Path:
     """Full (unsharded) model weights of any checkpoint, on CPU, for ``swinv2.load_pretrained`` and
-    export: a DCP checkpoint is gathered, a DeepSpeed one consolidated (ZeRO-3 too); a weights
-    file is returned as its path for the model library to read."""
+    export: a DCP checkpoint is gathered, a DeepSpeed one consolidated (ZeRO-3 too), a fairscale one
+    read as it is (already whole); a weights file is returned as its path for the model library to read."""
     p = resolve_checkpoint(path)
     if p.is_file():
         return p
@@ -207,8 +209,11 @@ def read_model_weights(path: str | Path) -> dict[str, torch.Tensor] | str | Path
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
             return get_fp32_state_dict_from_zero_checkpoint(str(p / DEEPSPEED_DIR))
+        if (p / FAIRSCALE_FILE).is_file():
+            return torch.load(p / FAIRSCALE_FILE, map_location="cpu", weights_only=True)["model"]
     except Exception as err:
         raise CheckpointError(f"{p}: cannot read its model weights ({type(err).__name__}: {err})") from None
     raise CheckpointError(
-        f"{p}: neither {DCP_DIR}/ nor {DEEPSPEED_DIR}/ inside; is it a checkpoint of this project?"
+        f"{p}: none of {DCP_DIR}/, {DEEPSPEED_DIR}/ or {FAIRSCALE_FILE} inside; is it a checkpoint of this "
+        "project?"
     )

@@ -5,7 +5,8 @@ fairscale. An optional extra (``pip install -e '.[fairscale]'``); fairscale's la
 
 Checkpoints are consolidated: ``save`` gathers the optimizer shards to rank 0
 (``OSS.consolidate_state_dict``), which writes one whole model + optimizer file; ``load`` reads it on
-every rank and each keeps its own shard, so any world size can resume it.
+every rank and each keeps its own shard, so any world size can resume it. The file holds tensors and
+plain containers only, read back with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .base import OptimizerFactory, TorchStrategy
+from train.checkpoint import FAIRSCALE_FILE
 
-STATE_FILE = "fairscale.pt"
+from .base import OptimizerFactory, TorchStrategy
 
 
 def _import_fairscale():
@@ -75,11 +76,11 @@ class FairscaleStrategy(TorchStrategy):
                 "optim": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
             }
-            torch.save(state, directory / STATE_FILE)
+            torch.save(state, directory / FAIRSCALE_FILE)
         dist.barrier()
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(directory / FAIRSCALE_FILE, map_location="cpu", weights_only=True)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optim"])
         self.scaler.load_state_dict(state["scaler"])
