@@ -308,7 +308,8 @@ def _rel_diff(a: list[float], b: list[float]) -> float:
 
 # fp32 everywhere. Each backend sums the two half-batch gradients in a different order than
 # `single`'s one batch (all-reduce, reduce-scatter, ZeRO's flat buckets), i.e. float32 rounding of
-# ~1e-7 relative per step, which Adam passes on; 1e-5 over 10 steps holds for all of them.
+# ~1e-7 relative per step, which Adam passes on; 1e-5 over 10 steps holds for all of them (measured:
+# losses within 1.1e-7 and grad norms within 8.5e-8 of `single`; a 2x gradient scale gives 1.0).
 TOLERANCE = {"ddp": 1e-5, "fsdp": 1e-5, "fsdp_ac_sequential": 1e-5, "fsdp_accum": 1e-5, "fairscale": 1e-5}
 DS_TOLERANCE = {
     "deepspeed_zero2_accum": 1e-5,  # 2 micro-batches per rank: DeepSpeed's accumulation boundary is the loop's
@@ -319,17 +320,27 @@ DS_TOLERANCE = {
 }
 
 
+def _check_like_single(name: str, run: dict[str, Any], single: dict[str, Any], tolerance: float) -> None:
+    """Losses and the (pre-clip) global gradient norms of every step match `single`'s. The norms
+    matter: clip_grad=0.5 clips every step and Adam normalises the update, so a constant scale on
+    the gradients (a sum instead of a mean over ranks, a double division by accum_steps) leaves the
+    losses unchanged but shows in the norm."""
+    losses, norms = run["losses"], run["grad_norms"]
+    assert all(n > 0.5 for n in single["grad_norms"]), single["grad_norms"]  # every step clipped
+    assert _rel_diff(losses, single["losses"]) <= tolerance, (name, losses, single["losses"])
+    assert _rel_diff(norms, single["grad_norms"]) <= tolerance, (name, norms, single["grad_norms"])
+
+
 @pytest.mark.parametrize("name", list(TOLERANCE))
 def test_torch_strategies_train_like_single(name, reference, torch_results):
-    losses, expected = torch_results[name]["losses"], reference["single"]["losses"]
+    losses = torch_results[name]["losses"]
     assert losses[-1] < losses[0]
-    assert _rel_diff(losses, expected) <= TOLERANCE[name], (losses, expected)
+    _check_like_single(name, torch_results[name], reference["single"], TOLERANCE[name])
 
 
 @pytest.mark.parametrize("name", list(DS_TOLERANCE))
 def test_deepspeed_stages_train_like_single(name, reference, deepspeed_results):
-    losses, expected = deepspeed_results[name]["losses"], reference["single"]["losses"]
-    assert _rel_diff(losses, expected) <= DS_TOLERANCE[name], (losses, expected)
+    _check_like_single(name, deepspeed_results[name], reference["single"], DS_TOLERANCE[name])
 
 
 @pytest.mark.parametrize("name", ["fsdp_resume", "fairscale_resume", "deepspeed_zero3_resume"])
