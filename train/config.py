@@ -62,7 +62,7 @@ class TaskConfig:
     norm_target_window: int = 47
     # SimMIM: save/log an input | masked | reconstruction grid every N steps (0: never)
     vis_every: int = 0
-    # finetune: evaluate every N epochs (and at the end)
+    # finetune: evaluate every N epochs and at the end of the run (0: only at the end)
     eval_every: int = 1
     # eval: measure images/s at this per-rank batch instead of accuracy
     throughput: bool = False
@@ -121,8 +121,8 @@ class WandbConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 0  # 0: at every epoch end (and at the end) only
-    keep_last: int = 2
+    every_steps: int = 0  # also every N optimizer steps (0: at every epoch end and at the end only)
+    keep_last: int = 2  # the newest N checkpoints are kept (0: keep every one)
     keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none)
 
 
@@ -143,7 +143,7 @@ class RunConfig:
     batch_size: int = 1024  # total over all ranks and accumulation steps
     precision: str = "fp32"  # fp32 | bf16 | fp16
     seed: int = 0
-    log_every: int = 10
+    log_every: int = 10  # log train/ metrics every N optimizer steps (>= 1) and at the last step
     device: str = "auto"  # auto | cpu | cuda
 
 
@@ -192,14 +192,16 @@ def validate(cfg: RunConfig, world_size: int) -> None:
     except ValueError as err:
         raise ConfigError(f"model ({cfg.model.name}): {err}") from None
 
+    if cfg.optim.accum_steps < 1:
+        raise ConfigError(f"optim.accum_steps={cfg.optim.accum_steps} is not valid; use 1 or more")
     per_step = world_size * cfg.optim.accum_steps
     if cfg.batch_size < per_step or cfg.batch_size % per_step:
         raise ConfigError(
             f"batch_size={cfg.batch_size} does not divide by world size {world_size} x optim.accum_steps "
             f"{cfg.optim.accum_steps}; use a multiple of {per_step}"
         )
-    if cfg.optim.accum_steps < 1:
-        raise ConfigError("optim.accum_steps must be >= 1")
+    _validate_mixup_batch(cfg, world_size)
+    _validate_intervals(cfg)
     if cfg.task.name == "simmim":
         mask = cfg.data.mask
         size = model.img_size
@@ -238,6 +240,41 @@ def validate(cfg: RunConfig, world_size: int) -> None:
     if cfg.precision == "fp16" and resolve_device(cfg) == "cpu":
         raise ConfigError("precision=fp16 needs a GPU; use precision=bf16 on CPU")
     _validate_strategy(cfg, world_size, num_stages=len(model.layers))
+
+
+def _validate_mixup_batch(cfg: RunConfig, world_size: int) -> None:
+    """timm's Mixup/CutMix mixes a batch with its reverse and needs an even micro batch per rank."""
+    aug = cfg.data.aug
+    per_step = world_size * cfg.optim.accum_steps
+    micro = cfg.batch_size // per_step
+    if cfg.task.name == "finetune" and (aug.mixup > 0 or aug.cutmix > 0) and micro % 2:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} gives an odd micro batch of {micro} per rank (world size {world_size} x "
+            f"optim.accum_steps {cfg.optim.accum_steps}); data.aug.mixup/cutmix need an even one: use "
+            f"batch_size={(micro + 1) * per_step}, or data.aug.mixup=0 data.aug.cutmix=0"
+        )
+
+
+# Step and epoch intervals the loop takes modulo, and what 0 means for each.
+_INTERVALS = {
+    "task.eval_every": "only at the end of the run",
+    "task.vis_every": "never",
+    "checkpoint.every_steps": "at epoch ends only",
+    "checkpoint.keep_last": "keep every checkpoint",
+    "checkpoint.keep_every": "none",
+}
+
+
+def _validate_intervals(cfg: RunConfig) -> None:
+    if cfg.log_every < 1:
+        raise ConfigError(
+            f"log_every={cfg.log_every} is not valid; use 1 or more (optimizer steps between logs)"
+        )
+    for setting, zero in _INTERVALS.items():
+        group, key = setting.split(".")
+        value = getattr(getattr(cfg, group), key)
+        if value < 0:
+            raise ConfigError(f"{setting}={value} is not valid; use 0 ({zero}) or a positive number")
 
 
 def _validate_strategy(cfg: RunConfig, world_size: int, *, num_stages: int) -> None:

@@ -293,7 +293,7 @@ class Trainer:
             self.tracker.log({"data/bad_samples": stats["bad"]}, state.step)
         last = state.step >= self.total_steps
         if self.val_loader is not None and (
-            last or (finished and (state.epoch + 1) % cfg.task.eval_every == 0)
+            last or (finished and cfg.task.eval_every and (state.epoch + 1) % cfg.task.eval_every == 0)
         ):
             line += self._validate()
         if finished:
