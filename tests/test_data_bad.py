@@ -1,8 +1,12 @@
-"""Bad input never stops a run: every kind is skipped, counted and logged; a ceiling stops it."""
+"""Bad samples never stop a run: every kind is skipped, counted and logged; a ceiling stops it.
+Data that cannot be used as configured (missing shards or index, too few samples, more classes than
+data.num_classes) is one error naming the setting."""
 
 import io
 import logging
 import os
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -105,3 +109,69 @@ def test_ceiling_is_checked_early_once_enough_samples_were_read(bad_shards):
     with pytest.raises(BadDataError):
         for _ in range(len(loader) - 1):
             next(it)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data that cannot be used as configured: one error naming the setting, before any batch is read.
+
+
+def cfg_of(path: str, **kw) -> DataConfig:
+    return DataConfig(train_path=path, num_classes=kw.pop("num_classes", 10), num_workers=0, **kw)
+
+
+def build(cfg: DataConfig, batch: int = 2):
+    aug = AugConfig(rand_augment=None, reprob=0.0, color_jitter=None)
+    return build_loader(
+        cfg, task="supervised", img_size=28, batch_size=batch, rank=0, world_size=1, seed=0, aug=aug
+    )
+
+
+def test_brace_range_past_the_shards_names_the_missing_ones(bad_shards):
+    path, _ = bad_shards  # a-{000..002}.tar exist
+    wider = path.replace("{000..002}", "{000..006}")
+    with pytest.raises(BadDataError) as err:
+        build(cfg_of(wider))
+    message = str(err.value)
+    assert message.startswith("data.train_path: shard list")
+    assert "4 of the 7 names it expands to do not exist" in message
+    assert "a-003.tar, " in message and "a-005.tar and 1 more" in message and "a-006" not in message
+
+
+def test_missing_index_and_unindexed_shard(bad_shards, tmp_path):
+    path, _ = bad_shards
+    shard = os.path.join(os.path.dirname(path), "a-000.tar")
+    copy = tmp_path / "x-000.tar"
+    copy.write_bytes(open(shard, "rb").read())
+    with pytest.raises(BadDataError, match=r"^data.train_path: cannot read shard index .*swinv2-shards"):
+        build(cfg_of(str(copy)))
+    ShardIndex({"other.tar": 3}, 10, None).write(str(tmp_path / "index.json"))
+    with pytest.raises(BadDataError, match=r"^data.train_path: shard .*x-000.tar' is not in the index"):
+        build(cfg_of(str(copy)))
+
+
+def test_more_classes_than_configured_names_the_count(bad_shards):
+    path, _ = bad_shards
+    with pytest.raises(BadDataError, match=r"10 classes but data.num_classes=5; set data.num_classes=10$"):
+        build(cfg_of(path, num_classes=5))
+
+
+def test_too_few_samples_for_a_batch(bad_shards):
+    path, _ = bad_shards
+    with pytest.raises(BadDataError, match=r"^data.train_path: .* no full batch of 64 per rank .* batch_size"):
+        build(cfg_of(path), batch=64)
+
+
+def test_missing_shards_through_the_command_line(tmp_path):
+    """The report's example, through `python -m train` itself (Hydra's wrapper included)."""
+    env = {**os.environ, "IN1K_SHARDS": "/nonexistent", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "train", "data=in1k_wds", "data.num_workers=0", "wandb.enabled=false",
+         "model.img_size=32", "model.embed_dim=16", "model.depths=[1,1]", "model.num_heads=[1,2]",
+         "model.window_size=4", "batch_size=8", f"run_dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1, r.stderr
+    assert lines == [
+        "error: data.train_path: shard list '/nonexistent/in1k-train-{000000..001023}.tar' matches no file"
+    ]

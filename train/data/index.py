@@ -15,6 +15,13 @@ from webdataset.gopen import gopen
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "swinv2-shards/1"
+INDEX_SETTINGS = "data.index_path (data.val_index_path for data.val_path)"
+_SHOWN = 3  # missing names quoted in an error
+
+
+class ShardListError(ValueError):
+    """A shard list and its index that do not fit together (a shard the index lacks, `pipe:` shards
+    without an index)."""
 
 
 def is_remote(url: str) -> bool:
@@ -23,22 +30,40 @@ def is_remote(url: str) -> bool:
 
 def expand_shards(pattern: str) -> list[str]:
     """Shard URLs of `pattern`: brace patterns, a directory (its *.tar, sorted), globs, `pipe:` commands
-    and URLs, several joined with `::`. Raises FileNotFoundError naming the pattern if nothing matches."""
+    and URLs, several joined with `::`. Raises FileNotFoundError naming the pattern if nothing matches,
+    or naming the missing ones if any local name it expands to (a file, a directory or glob with no
+    shard) is not there: a brace range that runs past the shards is a typo, not a smaller data set."""
     if not pattern:
         raise ValueError("empty shard list: set data.train_path / data.val_path")
     urls: list[str] = []
+    missing: list[str] = []
+    names = 0
     for part in pattern.split("::"):
         for item in braceexpand.braceexpand(part):
+            names += 1
             if is_remote(item):
-                urls.append(item)
+                found = [item]
             elif os.path.isdir(item):
-                urls += sorted(glob.glob(os.path.join(item, "*.tar")) + glob.glob(os.path.join(item, "*.tar.gz")))
+                found = sorted(
+                    glob.glob(os.path.join(item, "*.tar")) + glob.glob(os.path.join(item, "*.tar.gz"))
+                )
             elif glob.has_magic(item):
-                urls += sorted(glob.glob(item))
-            elif os.path.exists(item):
-                urls.append(item)
+                found = sorted(glob.glob(item))
+            else:
+                found = [item] if os.path.exists(item) else []
+            urls += found
+            if not found:
+                missing.append(item)
     if not urls:
         raise FileNotFoundError(f"shard list {pattern!r} matches no file")
+    if missing:
+        shown = ", ".join(missing[:_SHOWN]) + (
+            f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+        )
+        raise FileNotFoundError(
+            f"shard list {pattern!r}: {len(missing)} of the {names} names it expands to do not exist ({shown}); "
+            "fix the brace range or path"
+        )
     return urls
 
 
@@ -82,7 +107,7 @@ class ShardIndex:
 def default_index_path(urls: list[str]) -> str:
     first = urls[0]
     if first.startswith("pipe:"):
-        raise ValueError("shards given as pipe: commands need an explicit index: set data.index_path")
+        raise ShardListError(f"shards given as pipe: commands need an explicit index: set {INDEX_SETTINGS}")
     return first.rsplit("/", 1)[0] + "/" + INDEX_NAME if "/" in first else INDEX_NAME
 
 
@@ -93,7 +118,7 @@ def load_index(path: str) -> ShardIndex:
     except (OSError, ValueError, KeyError) as exc:
         raise FileNotFoundError(
             f"cannot read shard index {path!r} ({exc}); write one with `swinv2-shards index SHARDS` "
-            "or set data.index_path"
+            f"or set {INDEX_SETTINGS}"
         ) from exc
 
 
@@ -103,7 +128,7 @@ def shard_counts(urls: list[str], index: ShardIndex, index_path: str) -> list[in
     for url in urls:
         name = os.path.basename(url.rstrip("/").split(" ")[-1])
         if name not in index.shards:
-            raise KeyError(
+            raise ShardListError(
                 f"shard {url!r} is not in the index {index_path!r}; rebuild it with `swinv2-shards index`"
             )
         counts.append(index.shards[name])

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from train.data.config import AugConfig, DataConfig, MaskConfig
+from train.data.index import ShardListError
 from train.data.masking import MaskGenerator
 from train.data.sources import build_source
 from train.data.stream import StreamDataset, WorkerState
@@ -22,7 +23,20 @@ Task = Literal["simmim", "supervised", "eval"]
 
 
 class BadDataError(RuntimeError):
-    """More bad samples than `data.max_bad_fraction` allows."""
+    """Data a run cannot use as configured: more bad samples than `data.max_bad_fraction` allows,
+    missing shards or index, or too few samples; the message names the setting to fix."""
+
+
+class MissingDataError(BadDataError, FileNotFoundError):
+    """Shards, their index or a dataset directory that is not there (or not readable)."""
+
+
+class StreamLayoutError(ValueError):
+    """A saved data position taken with another stream layout (`saved` / `current`: the layout keys)."""
+
+    def __init__(self, message: str, saved: dict[str, Any], current: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.saved, self.current = saved, current
 
 
 class Loader:
@@ -37,7 +51,9 @@ class Loader:
     trainer has used batch k lets `load_state_dict` continue at batch k + 1.
     """
 
-    def __init__(self, dataset: StreamDataset, cfg: DataConfig, *, num_workers: int) -> None:
+    def __init__(
+        self, dataset: StreamDataset, cfg: DataConfig, *, num_workers: int, setting: str = "data"
+    ) -> None:
         self.dataset, self.cfg, self.num_workers = dataset, cfg, num_workers
         self.mask_generator = dataset.mask_generator
         self.mean, self.std = tuple(cfg.mean), tuple(cfg.std)
@@ -48,9 +64,10 @@ class Loader:
         self._len = layout.batches_per_rank
         self.samples_per_rank = layout.samples_per_rank
         if self._len == 0:
-            raise ValueError(
-                f"{dataset.source.describe()} gives no full batch of {dataset.batch_size} per rank on "
-                f"{dataset.world_size} ranks: lower the batch size or add data"
+            raise BadDataError(
+                f"{setting}: {dataset.source.describe()} gives no full batch of {dataset.batch_size} per rank on "
+                f"{dataset.world_size} rank(s): lower batch_size (the per-rank batch is batch_size / (world size "
+                "x optim.accum_steps)) or add data"
             )
         n_units = len(dataset.source.units)
         if n_units < dataset.world_size * dataset.num_workers and not dataset.resampled:
@@ -109,11 +126,14 @@ class Loader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["layout"] != self._layout_key():
-            raise ValueError(
-                "cannot resume the data stream exactly: it was saved with "
-                f"{state['layout']} and this run has {self._layout_key()}; keep world size, "
-                "data.num_workers, batch size, seed and the shard set, or start the epoch afresh"
+        saved, current = state["layout"], self._layout_key()
+        if saved != current:
+            diff = ", ".join(f"{k} {saved.get(k)} (now {v})" for k, v in current.items() if saved.get(k) != v)
+            raise StreamLayoutError(
+                f"cannot resume the data stream exactly: it was saved with {diff}; a restored position needs "
+                "the same rank, world size, data.num_workers, per-rank batch size, seed and shard set",
+                saved,
+                current,
             )
         self.dataset.epoch = int(state["epoch"])
         self.dataset.states = [WorkerState(**s) for s in state["workers"]]
@@ -216,10 +236,19 @@ def build_loader(
         raise ValueError(f"rank {rank} outside world size {world_size}")
     if cfg.resampled and task == "eval":
         raise ValueError("data.resampled draws shards with replacement; evaluation needs every sample once")
-    source = build_source(cfg, split, img_size)
+    setting = "data.train_path" if split == "train" else "data.val_path"
+    try:
+        source = build_source(cfg, split, img_size)
+    except FileNotFoundError as err:  # shards, their index, an ImageFolder root, Fashion-MNIST files
+        raise MissingDataError(f"{setting}: {err}") from None
+    except ShardListError as err:
+        raise BadDataError(f"{setting}: {err}") from None
     num_classes = cfg.num_classes
     if source.num_classes and task != "simmim" and source.num_classes > num_classes:
-        raise ValueError(f"{source.describe()} has {source.num_classes} classes but data.num_classes={num_classes}")
+        raise BadDataError(
+            f"{setting}: {source.describe()} has {source.num_classes} classes but data.num_classes={num_classes}; "
+            f"set data.num_classes={source.num_classes}"
+        )
     generator = MaskGenerator(img_size, mask) if task == "simmim" else None
     dataset = StreamDataset(
         source,
@@ -237,4 +266,4 @@ def build_loader(
         num_classes=num_classes,
         mask_generator=generator,
     )
-    return Loader(dataset, cfg, num_workers=cfg.num_workers)
+    return Loader(dataset, cfg, num_workers=cfg.num_workers, setting=setting)
