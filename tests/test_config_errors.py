@@ -5,6 +5,8 @@ go through the entry point's ``run`` in this process (tiny model, synthetic data
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +108,24 @@ def test_validation_error_through_the_entry_point(capsys, monkeypatch, tmp_path)
     assert_one_line(code, lines, 2, "config error: optim.accum_steps=0 is not valid")
 
 
+def test_fewer_batches_than_accum_steps_names_a_batch_size_that_fits(capsys, monkeypatch, tmp_path):
+    # 64 images, micro batch 128 / 8 = 16: 4 micro batches an epoch, 8 needed for one step
+    code, lines = run_main(
+        capsys, monkeypatch, "batch_size=128", "optim.accum_steps=8", f"run_dir={tmp_path / 'r'}"
+    )
+    assert_one_line(code, lines, 1, "error: optim.accum_steps=8 needs 8 micro batches", "use batch_size=64")
+    # and the suggestion works
+    code, lines = run_main(
+        capsys,
+        monkeypatch,
+        "batch_size=64",
+        "optim.accum_steps=8",
+        "max_steps=1",
+        f"run_dir={tmp_path / 'ok'}",
+    )
+    assert code == 0, lines
+
+
 def test_eval_every_zero_evaluates_only_at_the_end(capsys, monkeypatch, tmp_path):
     run_dir = tmp_path / "r"
     # 32 images, batch 8: 4 steps an epoch, 3 epochs; synthetic data ignores the path
@@ -116,3 +136,54 @@ def test_eval_every_zero_evaluates_only_at_the_end(capsys, monkeypatch, tmp_path
     assert code == 0, lines
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val/top1" in r] == [12]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A tiny run stopped after 2 of its epoch's 8 steps (checkpoint step_00000002), written with
+    data.num_workers=0 and batch_size=8."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(entry, "_setup_logging", lambda rank: None)
+        entry.run(compose_raw(f"run_dir={run_dir}"))
+    return run_dir
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run, target)
+    return target
+
+
+def test_refused_run_leaves_the_existing_record_alone(finished_run, capsys, monkeypatch, tmp_path):
+    run_dir = copy_of(finished_run, tmp_path)
+    record = (run_dir / "config.yaml").read_text()
+    assert "seed: 0" in record
+    code, lines = run_main(capsys, monkeypatch, "seed=5", f"run_dir={run_dir}")
+    assert_one_line(code, lines, 1, "already holds checkpoints", "resume=auto")
+    assert (run_dir / "config.yaml").read_text() == record
+    # an accepted resume records the command that continues the run
+    code, lines = run_main(capsys, monkeypatch, "resume=auto", "max_steps=3", f"run_dir={run_dir}")
+    assert code == 0, lines
+    assert "max_steps: 3" in (run_dir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["data.num_workers=2"], "set data.num_workers=0 (this run: 2)"),
+        (
+            ["batch_size=16"],
+            "set batch_size=8 and optim.accum_steps=1 (a micro batch of 8 per rank; this run: 16)",
+        ),
+        (["seed=3"], "set seed=0 (this run: 3)"),
+    ],
+)
+def test_resume_with_another_data_layout_names_the_saved_settings(
+    finished_run, capsys, monkeypatch, tmp_path, overrides, expected
+):
+    run_dir = copy_of(finished_run, tmp_path)
+    code, lines = run_main(
+        capsys, monkeypatch, "resume=auto", "max_steps=4", *overrides, f"run_dir={run_dir}"
+    )
+    assert_one_line(code, lines, 1, "error: resume from", expected, "task.init_from=")

@@ -48,15 +48,16 @@ def run(raw: DictConfig) -> dict:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    # run_dir/config.yaml is written by the task once the run is accepted: a refused command
+    # (e.g. a fresh start in a directory that holds checkpoints) must not replace its record.
     resolved = OmegaConf.to_container(raw, resolve=True)
     run_dir = Path(cfg.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(raw, resolve=True))
     env = init_distributed(resolve_device(cfg))
     try:
         if cfg.task.name == "eval":
-            result = run_evaluation(cfg, env)
+            result = run_evaluation(cfg, env, resolved)
         else:
             result = run_training(cfg, env, resolved)
     except USER_ERRORS as err:

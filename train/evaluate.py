@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from train.checkpoint import checkpoint_dirs
 from train.config import RunConfig
 from train.data import build_loader
 from train.distributed import DistEnv, all_reduce_sum
 from train.tasks import ClassificationTask, evaluate
-from train.trainer import autocast_for
+from train.trainer import autocast_for, write_config_record
 
 log = logging.getLogger(__name__)
 
 
-def run_evaluation(cfg: RunConfig, env: DistEnv) -> dict[str, Any]:
+def run_evaluation(
+    cfg: RunConfig, env: DistEnv, resolved_config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``resolved_config`` is recorded in run_dir once the checkpoint was accepted (config.yaml, or
+    config_eval.yaml in a training run's directory, whose own record it must not replace)."""
     model = ClassificationTask(cfg).build_model(device="cpu").to(env.device).eval()
+    if env.is_main and resolved_config:
+        run_dir = Path(cfg.run_dir)
+        name = "config_eval.yaml" if checkpoint_dirs(run_dir) else "config.yaml"
+        write_config_record(run_dir / name, resolved_config)
     autocast = autocast_for(cfg, env.device)
     batch = cfg.batch_size // env.world_size
     if cfg.task.throughput:

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from swinv2 import CheckpointError
 from train.checkpoint import Checkpointer, read_trainer_state
-from train.config import RunConfig
+from train.config import ConfigError, RunConfig
 from train.data import build_loader
+from train.data.loader import StreamLayoutError
 from train.distributed import DistEnv, all_reduce_sum, broadcast_object
 from train.optim import build_optimizer, build_scheduler
 from train.parallelize import apply_activation_checkpointing, apply_compile
@@ -37,6 +39,12 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def write_config_record(path: Path, resolved_config: dict[str, Any]) -> None:
+    """The run's resolved config as YAML: written only once the run was accepted."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(resolved_config))
 
 
 def autocast_for(cfg: RunConfig, device: torch.device):
@@ -102,10 +110,7 @@ class Trainer:
         self.val_loader = self._loader("val") if cfg.task.name == "finetune" and cfg.data.val_path else None
         self.steps_per_epoch = len(self.train_loader) // cfg.optim.accum_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"an epoch has {len(self.train_loader)} batches per rank, fewer than optim.accum_steps; "
-                "lower batch_size or use more data"
-            )
+            raise ConfigError(self._too_few_batches())
         total = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
 
@@ -129,6 +134,9 @@ class Trainer:
         )
         seed_all(cfg.seed + env.rank)  # per-rank augmentation / drop-path randomness
         self._maybe_resume()
+        if env.is_main and self.resolved_config:
+            # Only now: a refused or failed resume must leave the existing run's record as it was.
+            write_config_record(self.run_dir / "config.yaml", self.resolved_config)
         self.scheduler.step_update(self.state.step)
         self.tracker = Tracker(
             cfg.wandb,
@@ -139,6 +147,20 @@ class Trainer:
             active=env.is_main,
         )
         self.state.wandb_run_id = broadcast_object(self.tracker.run_id)
+
+    def _too_few_batches(self) -> str:
+        cfg, batches, accum = self.cfg, len(self.train_loader), self.cfg.optim.accum_steps
+        text = (
+            f"optim.accum_steps={accum} needs {accum} micro batches per rank in an epoch, but the training data "
+            f"gives {batches} of {self.micro_batch} per rank (batch_size={cfg.batch_size}); "
+        )
+        fits = batches * self.micro_batch // accum  # the largest micro batch that fills `accum` steps
+        if getattr(self.task, "mixup", None) is not None:
+            fits -= fits % 2
+        if fits:
+            step = self.env.world_size * accum
+            text += f"use batch_size={fits * step} (or a smaller multiple of {step}), "
+        return text + "lower optim.accum_steps, or add data"
 
     def _maybe_resume(self) -> None:
         path = self.checkpointer.resolve(self.cfg.resume)
@@ -157,7 +179,10 @@ class Trainer:
         self.state.load_state_dict(ckpt["state"])
         ranks = ckpt["ranks"]
         if len(ranks) == self.env.world_size:
-            self.train_loader.load_state_dict(ranks[self.env.rank]["data"])
+            try:
+                self.train_loader.load_state_dict(ranks[self.env.rank]["data"])
+            except StreamLayoutError as err:
+                raise ConfigError(self._layout_mismatch(path, err, ckpt.get("config") or {})) from None
             set_rng_state(ranks[self.env.rank]["rng"])
         else:
             log.warning(
@@ -169,6 +194,40 @@ class Trainer:
             )
         self._saved_at = (self.state.step, self.state.epoch)
         log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+
+    def _layout_mismatch(self, path: Path, err: StreamLayoutError, saved_config: dict[str, Any]) -> str:
+        """Which settings must match the checkpoint's for its data position to mean the same samples."""
+        saved, now = err.saved, err.current
+        fixes = []
+        if saved.get("num_workers") != now["num_workers"]:
+            workers = (saved_config.get("data") or {}).get("num_workers")  # as set (0 and 1 read alike)
+            if workers is None or max(1, workers) != saved.get("num_workers"):
+                workers = saved.get("num_workers")
+            fixes.append(f"data.num_workers={workers} (this run: {self.cfg.data.num_workers})")
+        if saved.get("batch_size") != now["batch_size"]:
+            old = saved_config.get("batch_size"), (saved_config.get("optim") or {}).get("accum_steps")
+            setting = (
+                f"batch_size={old[0]} and optim.accum_steps={old[1]}"
+                if None not in old
+                else "batch_size / optim.accum_steps"
+            )
+            fixes.append(
+                f"{setting} (a micro batch of {saved.get('batch_size')} per rank; this run: {now['batch_size']})"
+            )
+        if saved.get("seed") != now["seed"]:
+            fixes.append(f"seed={saved.get('seed')} (this run: {now['seed']})")
+        if (saved.get("samples"), saved.get("units")) != (now["samples"], now["units"]):
+            fixes.append(
+                f"the data.train_path it was saved with ({saved.get('units')} shards, {saved.get('samples')} "
+                f"samples; this run: {now['units']}, {now['samples']})"
+            )
+        text = (
+            f"resume from {path}: its data position is for another data stream; to continue exactly, set "
+            f"{', '.join(fixes) or 'the settings it was saved with'}"
+        )
+        if self.cfg.task.name == "finetune":
+            text += f"; or start a new run_dir from its weights with task.init_from={path}"
+        return text
 
     # ------------------------------------------------------------- the loop
     def fit(self) -> dict[str, Any]:
