@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from swinv2 import CheckpointError
 from train.checkpoint import checkpoint_dirs
-from train.config import RunConfig
+from train.config import ConfigError, RunConfig
 from train.data import build_loader
 from train.distributed import DistEnv, all_reduce_sum
 from train.tasks import ClassificationTask, evaluate
@@ -19,12 +22,21 @@ from train.trainer import autocast_for, write_config_record
 log = logging.getLogger(__name__)
 
 
+# Heads that make the checkpoint's accuracy meaningful (see swinv2.LoadReport.head).
+USABLE_HEADS = ("loaded", "sliced_22k_to_1k")
+
+
 def run_evaluation(
     cfg: RunConfig, env: DistEnv, resolved_config: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """``resolved_config`` is recorded in run_dir once the checkpoint was accepted (config.yaml, or
     config_eval.yaml in a training run's directory, whose own record it must not replace)."""
-    model = ClassificationTask(cfg).build_model(device="cpu").to(env.device).eval()
+    task = ClassificationTask(cfg)
+    if cfg.task.throughput:  # speed does not depend on the weights
+        model = task.build_model(device="cpu")
+    else:
+        model = _build_with_usable_head(task, cfg)
+    model = model.to(env.device).eval()
     if env.is_main and resolved_config:
         run_dir = Path(cfg.run_dir)
         name = "config_eval.yaml" if checkpoint_dirs(run_dir) else "config.yaml"
@@ -55,6 +67,44 @@ def run_evaluation(
             metrics["loss"],
         )
     return metrics
+
+
+def _build_with_usable_head(task: ClassificationTask, cfg: RunConfig) -> torch.nn.Module:
+    """The model with task.init_from's weights; raises unless its head was loaded (or mapped
+    22k->1k): a fresh head would report chance-level accuracy as the checkpoint's."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = task.build_model(device="cpu")
+    head_warning = ""
+    for w in caught:  # the head mismatch becomes the error below; anything else is passed on
+        if "the head is re-initialised" in str(w.message):
+            head_warning = str(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    report = task.load_report
+    path, classes = cfg.task.init_from, cfg.data.num_classes
+    if report is None or report.head in USABLE_HEADS:
+        return model
+    if report.head in ("dropped", "none"):
+        raise ConfigError(
+            f"data.num_classes={classes} builds a model without a classification head; task=eval needs one: "
+            "set data.num_classes to the checkpoint's number of classes"
+        )
+    if report.head == "fresh":
+        raise CheckpointError(
+            f"task.init_from={path} has no classification head (a SimMIM or feature-only checkpoint), so its "
+            f"accuracy would be chance level; fine-tune it first: task=finetune task.init_from={path}"
+        )
+    rows = re.search(r"head\.weight \((\d+),", head_warning)
+    fix = (
+        f"set data.num_classes={rows.group(1)}"
+        if rows
+        else "set data.num_classes to the checkpoint's classes"
+    )
+    raise ConfigError(
+        f"task.init_from={path} has a head for {rows.group(1) if rows else 'another number of'} classes but "
+        f"data.num_classes={classes}; {fix} (only a 21841-class head maps to 1000 classes)"
+    )
 
 
 @torch.no_grad()

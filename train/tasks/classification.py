@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from swinv2 import build_model, load_pretrained
+from swinv2 import LoadReport, build_model, load_pretrained
 from train.checkpoint import read_model_weights
 from train.data import PAD_LABEL, build_mixup
 from train.distributed import all_reduce_sum
@@ -28,6 +28,7 @@ class ClassificationTask(Task):
         self.mixup = build_mixup(aug, cfg.data.num_classes) if cfg.task.name == "finetune" else None
         self.label_smoothing = aug.label_smoothing
         self.soft_ce = SoftTargetCrossEntropy()
+        self.load_report: LoadReport | None = None  # what build_model loaded from task.init_from
 
     def build_model(self, device: str | torch.device) -> nn.Module:
         cfg = self.cfg
@@ -38,6 +39,7 @@ class ClassificationTask(Task):
             # a weights file, or a checkpoint / run directory of this project (its newest checkpoint)
             report = load_pretrained(model, read_model_weights(cfg.task.init_from))
             log.info("initialised from %s: %s", cfg.task.init_from, report)
+            self.load_report = report
         return model
 
     def loss(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
