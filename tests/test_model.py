@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import swinv2
-from swinv2.attention import relative_coords_table
+from swinv2.attention import SHIFT_MASK_VALUE, _math_kernel, relative_coords_table
 
 TINY = dict(img_size=64, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, num_classes=5)
 
@@ -51,6 +51,42 @@ def test_attention_kernels_agree_on_outputs_and_gradients(chunk):
         torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
         for name, g in grads.items():
             torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-4, msg=f"{impl}: grad of {name}")
+    # With gradients on CPU, `sdpa` (and `sequential`'s chunks) run the math form; without them
+    # they call F.scaled_dot_product_attention: the model's outputs through it, shifted windows too.
+    with torch.no_grad():
+        set_impl(model, "math", chunk)
+        ref_out = model(x)
+        for impl in ("sdpa", "sequential"):
+            set_impl(model, impl, chunk)
+            torch.testing.assert_close(model(x), ref_out, atol=1e-5, rtol=0, msg=f"{impl} without grad")
+
+
+def test_sdpa_agrees_with_the_math_kernel_on_outputs_and_gradients():
+    """F.scaled_dot_product_attention as `_sdpa_kernel` calls it (scale=1.0, the learned bias plus
+    the shift mask as an additive mask that requires grad) against `_math_kernel`: outputs and the
+    gradients of q, k, v and the bias (broadcast over the batch, so its gradient sums over it)."""
+    g = torch.Generator().manual_seed(0)
+    b, h, n, d = 3, 4, 16, 8
+    q = F.normalize(torch.randn(b, h, n, d, generator=g), dim=-1) * 10
+    k = F.normalize(torch.randn(b, h, n, d, generator=g), dim=-1)
+    v = torch.randn(b, h, n, d, generator=g)
+    regions = torch.arange(n) // 6  # three shift regions
+    shift = torch.where(regions[:, None] == regions[None, :], 0.0, SHIFT_MASK_VALUE)
+    bias = 16 * torch.sigmoid(torch.randn(1, h, n, n, generator=g)) + shift
+    results = {}
+    for name, kernel in (
+        ("sdpa", lambda *t: F.scaled_dot_product_attention(*t[:3], attn_mask=t[3], scale=1.0)),
+        ("math", _math_kernel),
+    ):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+        out = kernel(*inputs)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results[name] = (out.detach(), [t.grad for t in inputs])
+    (out, grads), (ref_out, ref_grads) = results["sdpa"], results["math"]
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    for name, grad, ref in zip(("q", "k", "v", "bias"), grads, ref_grads, strict=True):
+        torch.testing.assert_close(grad, ref, atol=1e-5, rtol=1e-5, msg=f"grad of {name}")
+    assert ref_grads[3].abs().max() > 1e-2  # the bias gets a real gradient
 
 
 def test_sequential_attention_keeps_only_one_chunk_of_scores():
