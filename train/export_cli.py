@@ -1,10 +1,10 @@
 """``swinv2-export``: any checkpoint -> one safetensors file of weights.
 
-    swinv2-export runs/simmim_swinv2_base_192 swinv2_base_simmim.safetensors
+    swinv2-export runs/simmim_swinv2_base_window12_192 swinv2_base_simmim.safetensors
     swinv2-export runs/x/checkpoints/step_00010000 model.safetensors --layout timm
 
-The input is a run directory (its newest checkpoint), a checkpoint directory (DCP or DeepSpeed,
-any world size, ZeRO-3 included) or a weights file in any layout ``swinv2.load_pretrained``
+The input is a run directory (its newest checkpoint), a checkpoint directory (DCP, DeepSpeed or
+fairscale, any world size, ZeRO-3 included) or a weights file in any layout ``swinv2.load_pretrained``
 reads. The output loads into the fine-tuning task (``task.init_from=FILE``), ``load_pretrained``
 and, with ``--layout timm``, timm.
 """
