@@ -22,6 +22,7 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 from torch.distributed.tensor import DTensor
 
 import swinv2
@@ -186,6 +187,22 @@ def nonfinite_run(overrides: list[str], env: DistEnv, init_from: Path) -> dict[s
     return {"skipped": trainer.state.nonfinite_total, "loss_after": loss.item()}
 
 
+def vis_run(overrides: list[str], env: DistEnv, init_from: Path) -> dict[str, Any]:
+    """SimMIM's reconstruction grid under a sharded strategy: every rank runs the forward that
+    gathers the parameters, rank 0 writes the PNG (with rank 0 alone, FSDP and ZeRO-3 hang)."""
+    run_dir = init_from.parent / f"vis_{overrides[0].split('=')[1]}"
+    cfg = make_cfg(*TINY, *overrides, "task=simmim", "task.norm_target_window=7", f"run_dir={run_dir}")
+    validate(cfg, env.world_size)
+    trainer = Trainer(cfg, env, {})
+    trainer.setup()
+    images, _ = next(batches(env.rank, env.world_size, trainer._img_size()))
+    mask = (torch.arange(8 * 8).view(1, 8, 8) % 3 == 0).expand(len(images), -1, -1).long()
+    trainer._save_vis(images, mask)
+    torch.distributed.barrier()
+    path = run_dir / "vis" / f"step_{trainer.state.step:08d}.png"
+    return {"png_size": list(Image.open(path).size), "rows": min(8, len(images))}
+
+
 def zero3_init(overrides: list[str], env: DistEnv) -> dict[str, Any]:
     """Build under deepspeed.zero.Init (no init_from): partitioned at once, then initialised by
     init_weights() (zero post-norms, std-0.02 linears), not left at torch's module defaults."""
@@ -225,7 +242,8 @@ def _worker(rank: int, world: int, port: int, runs: dict[str, list[str]], tmp: s
                 results[name] = zero3_init(overrides, env)
                 continue
             init = Path(tmp) / ("memory.pth" if "model.embed_dim=64" in overrides else "tiny.pth")
-            run = {"resume": resume_run, "nonfinite": nonfinite_run}.get(name.rsplit("_", 1)[-1], train_run)
+            runs_by_suffix = {"resume": resume_run, "nonfinite": nonfinite_run, "vis": vis_run}
+            run = runs_by_suffix.get(name.rsplit("_", 1)[-1], train_run)
             results[name] = run(overrides, env, init)
             torch.distributed.barrier()
     except Exception:
@@ -268,6 +286,7 @@ TORCH_RUNS = {
     "fsdp_resume": ["strategy=fsdp"],
     "fairscale_resume": ["strategy=fairscale"],
     "fsdp_nonfinite": ["strategy=fsdp"],
+    "fsdp_vis": ["strategy=fsdp"],
     "ddp_memory": ["strategy=ddp", *MEMORY],
     "fsdp_memory": ["strategy=fsdp", *MEMORY],
 }
@@ -286,6 +305,7 @@ DEEPSPEED_RUNS = {
     "deepspeed_zero3_resume": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
     "deepspeed_zero2_nonfinite": ["strategy=deepspeed_zero2", *DS_SMALL_BUCKETS],
     "deepspeed_zero3_nonfinite": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
+    "deepspeed_zero3_vis": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS],
     "deepspeed_zero3_memory": ["strategy=deepspeed_zero3", *DS_SMALL_BUCKETS, *DS_ALL_PARTITIONED, *MEMORY],
 }
 
@@ -355,6 +375,12 @@ def test_nonfinite_step_is_skipped(name, reference, torch_results, deepspeed_res
     r = {**torch_results, **deepspeed_results}[name]
     assert r["skipped"] == 1
     assert r["loss_after"] == pytest.approx(reference["single"]["losses"][0], rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fsdp_vis", "deepspeed_zero3_vis"])
+def test_simmim_reconstruction_grid_under_sharding(name, torch_results, deepspeed_results):
+    r = {**torch_results, **deepspeed_results}[name]
+    assert r["png_size"] == [3 * 32, r["rows"] * 32]  # input | masked | reconstruction, one row per image
 
 
 def test_zero3_builds_partitioned_and_initialised(deepspeed_results):

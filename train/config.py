@@ -289,10 +289,6 @@ def _validate_strategy(cfg: RunConfig, world_size: int, *, num_stages: int) -> N
             f"{num_stages} stages (e.g. [true, true, true, false])"
         )
     sharded = s.name == "fsdp" or s.name == "deepspeed_zero3"
-    if sharded and cfg.task.vis_every:
-        raise ConfigError(
-            f"task.vis_every runs the model on rank 0 alone; strategy={s.name} needs every rank"
-        )
     if sharded and cfg.optim.ema_decay:
         raise ConfigError(
             f"optim.ema_decay needs whole parameters on every rank; strategy={s.name} shards them"

@@ -31,7 +31,7 @@ from train.parallelize import apply_activation_checkpointing, apply_compile
 from train.preemption import Preempted, PreemptionWatch
 from train.state import TrainState, rng_state, seed_all, set_rng_state
 from train.strategies import build_strategy
-from train.tasks import build_task, evaluate, save_reconstruction_grid
+from train.tasks import build_task, evaluate, reconstruct, save_reconstruction_grid
 from train.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ class Trainer:
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == self.total_steps:
                     self._log_window(window, bar)
-                if cfg.task.vis_every and state.step % cfg.task.vis_every == 0 and self.env.is_main:
+                if cfg.task.vis_every and state.step % cfg.task.vis_every == 0:
                     self._save_vis(images, target)
                 if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                     self.save()
@@ -331,11 +331,19 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{metrics['train/images_per_s']:.0f}")
         window.update(loss=0.0, n=0, images=0, t=time.perf_counter())
 
-    def _save_vis(self, images: torch.Tensor, mask: torch.Tensor) -> None:
+    def _save_vis(self, images: torch.Tensor, mask: torch.Tensor, rows: int = 8) -> None:
+        """Every rank reconstructs its first images (sharded strategies need all of them in the
+        forward); rank 0 saves and logs its grid."""
+        images, mask = images[:rows], mask[:rows]
+        with self.autocast():
+            pred = reconstruct(self.strategy.model, images, mask)
+        if not self.env.is_main:
+            return
         path = save_reconstruction_grid(
             self.strategy.module,
             images,
             mask,
+            pred,
             mean=self.train_loader.mean,
             std=self.train_loader.std,
             path=self.run_dir / "vis" / f"step_{self.state.step:08d}.png",

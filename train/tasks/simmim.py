@@ -32,24 +32,31 @@ class SimMIMTask(Task):
 
 
 @torch.no_grad()
+def reconstruct(model: nn.Module, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SimMIM's predicted pixels in eval mode, through the strategy's wrapped model: under FSDP and
+    ZeRO-3 the forward gathers sharded parameters, so every rank must call this at the same step."""
+    was_training = model.training
+    model.eval()
+    _, pred = model(images, mask)
+    model.train(was_training)
+    return pred.float()
+
+
 def save_reconstruction_grid(
     model: SimMIM,
     images: torch.Tensor,
     mask: torch.Tensor,
+    pred: torch.Tensor,
     *,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     path: Path,
-    rows: int = 8,
 ) -> Path:
     """PNG with one row per image: input | masked input | reconstruction (masked pixels filled in).
 
-    With normalised targets the model predicts locally normalised pixels, so the prediction is
-    mapped back with the true image's local mean and std."""
-    was_training = model.training
-    model.eval()
-    images, mask = images[:rows], mask[:rows]
-    pred = model.reconstruct(images, mask).float()
+    ``pred`` is ``reconstruct``'s output; ``model`` (unwrapped) gives the patch size and target
+    normalisation. With normalised targets the model predicts locally normalised pixels, so the
+    prediction is mapped back with the true image's local mean and std."""
     images = images.float()
     if model.norm_target:
         mean_local, std_local = local_mean_std(images, model.norm_target_window)
@@ -64,5 +71,4 @@ def save_reconstruction_grid(
     grid = torch.cat([torch.cat(list(panel), dim=1) for panel in panels], dim=2)  # (C, rows*H, 3*W)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).cpu().numpy())).save(path)
-    model.train(was_training)
     return path
