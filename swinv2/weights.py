@@ -62,6 +62,7 @@ class LoadReport:
     dropped: list[str]  # checkpoint keys deliberately not used (canonical names)
     reinitialized: list[str]  # target keys that start fresh (head, SimMIM mask token / decoder)
     head: HeadAction
+    head_classes: int | None = None  # classes of the checkpoint's head (None: it has none)
 
     def __str__(self) -> str:
         return (
@@ -361,6 +362,7 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | Path | Mapping[s
         dropped=sorted(dropped),
         reinitialized=fresh,
         head=head_action,
+        head_classes=state["head.weight"].shape[0] if "head.weight" in state else None,
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 import warnings
 from pathlib import Path
@@ -72,15 +71,9 @@ def run_evaluation(
 def _build_with_usable_head(task: ClassificationTask, cfg: RunConfig) -> torch.nn.Module:
     """The model with task.init_from's weights; raises unless its head was loaded (or mapped
     22k->1k): a fresh head would report chance-level accuracy as the checkpoint's."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*the head is re-initialised")  # the error below says it
         model = task.build_model(device="cpu")
-    head_warning = ""
-    for w in caught:  # the head mismatch becomes the error below; anything else is passed on
-        if "the head is re-initialised" in str(w.message):
-            head_warning = str(w.message)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     report = task.load_report
     path, classes = cfg.task.init_from, cfg.data.num_classes
     if report is None or report.head in USABLE_HEADS:
@@ -95,15 +88,9 @@ def _build_with_usable_head(task: ClassificationTask, cfg: RunConfig) -> torch.n
             f"task.init_from={path} has no classification head (a SimMIM or feature-only checkpoint), so its "
             f"accuracy would be chance level; fine-tune it first: task=finetune task.init_from={path}"
         )
-    rows = re.search(r"head\.weight \((\d+),", head_warning)
-    fix = (
-        f"set data.num_classes={rows.group(1)}"
-        if rows
-        else "set data.num_classes to the checkpoint's classes"
-    )
     raise ConfigError(
-        f"task.init_from={path} has a head for {rows.group(1) if rows else 'another number of'} classes but "
-        f"data.num_classes={classes}; {fix} (only a 21841-class head maps to 1000 classes)"
+        f"task.init_from={path} has a head for {report.head_classes} classes but data.num_classes={classes}; "
+        f"set data.num_classes={report.head_classes} (only a 21841-class head maps to 1000 classes)"
     )
 
 
