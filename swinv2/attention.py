@@ -30,6 +30,8 @@ ATTN_IMPLS: tuple[str, ...] = ("math", "sdpa", "sequential")
 SHIFT_MASK_VALUE = -100.0
 # The logit scale is log(1/tau) with tau >= 0.01, so it is clamped at log(100); no lower clamp.
 MAX_LOGIT_SCALE = math.log(100.0)
+# Floor of |q| and |k| in the cosine (F.normalize's default).
+NORM_EPS = 1e-12
 
 
 def relative_coords_table(window: tuple[int, int], pretrained_window: tuple[int, int]) -> torch.Tensor:
@@ -72,6 +74,55 @@ def _sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.
         # would fall back to its math path, whose _safe_softmax adds three passes over N x N.
         return _math_kernel(q, k, v, bias)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+
+
+class CosineHeads(torch.autograd.Function):
+    """Splits qkv (B_, N, 3, H, d) into contiguous per-head q, k, v (B_, H, N, d) with q and k
+    normalised and q multiplied by the per-head logit scale (H, 1, 1), so that q . k is the
+    scaled cosine similarity: folding the scale into q saves a pass over N x N.
+
+    One autograd node where plain ops would make about fifteen: the backward writes the gradients
+    of q, k and v straight into one (B_, N, 3, H, d) buffer, where autograd would stack them,
+    copy them back into qkv's layout and run the norm, division and product backwards, each a
+    fresh q-sized tensor. Nothing of qkv is kept for backward, only the normalised q and k.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, scale: torch.Tensor):
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # Norms in at least fp32, so that under autocast a bf16 q keeps its precision and stays bf16.
+        acc = torch.promote_types(qkv.dtype, torch.float32)
+        inv_q = scale / torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=acc).clamp_min(NORM_EPS)
+        inv_k = 1 / torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=acc).clamp_min(NORM_EPS)
+        q_hat = torch.mul(q, inv_q, out=torch.empty_like(q, memory_format=torch.contiguous_format))
+        k_hat = torch.mul(k, inv_k, out=torch.empty_like(k, memory_format=torch.contiguous_format))
+        ctx.save_for_backward(q_hat, k_hat, inv_q, inv_k, scale)
+        return q_hat, k_hat, v.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor):
+        q_hat, k_hat, inv_q, inv_k, scale = ctx.saved_tensors
+        bw, heads, n, d = q_hat.shape
+        grad = grad_q.new_empty(bw, n, 3, heads, d)
+        into_q, into_k, into_v = grad.permute(2, 0, 3, 1, 4).unbind(0)
+        # y = c x / |x| gives dL/dx = (c/|x|) g - y (y . g) / (c |x|); inv_q is c/|x| with c the scale
+        dot_q = _unit_vector_grad(grad_q, q_hat, inv_q, inv_q / scale.square(), out=into_q)
+        _unit_vector_grad(grad_k, k_hat, inv_k, inv_k, out=into_k)
+        into_v.copy_(grad_v)
+        grad_scale = None
+        if ctx.needs_input_grad[1]:  # dL/dc = sum over windows and tokens of (y . g) / c
+            grad_scale = (dot_q.sum(dim=(0, 2)).view_as(scale) / scale).to(scale.dtype)
+        return grad, grad_scale
+
+
+def _unit_vector_grad(
+    grad: torch.Tensor, y: torch.Tensor, inv_norm: torch.Tensor, coef: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    """Writes inv_norm * grad - coef * (y . grad) * y into ``out``; returns y . grad (at least fp32)."""
+    dot = (grad * y).sum(dim=-1, keepdim=True, dtype=inv_norm.dtype)
+    torch.mul(grad, inv_norm, out=out)
+    out.addcmul_(y, dot * coef, value=-1)
+    return dot
 
 
 def _shift_bias(region_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -167,12 +218,8 @@ class WindowAttention(nn.Module):
         if self.q_bias is not None:
             qkv_bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
         qkv = F.linear(x, self.qkv.weight, qkv_bias).view(bw, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B*nW, H, N, d)
         scale = torch.clamp(self.logit_scale, max=MAX_LOGIT_SCALE).exp()
-        # cos(q, k) * scale == (scale * q/|q|) . (k/|k|): folding the scale into q's normalisation
-        # saves a pass over N x N and one over q
-        q = q * (scale / q.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        k = F.normalize(k, dim=-1)
+        q, k, v = CosineHeads.apply(qkv, scale)  # each (B*nW, H, N, d)
         bias = self.position_bias().to(q.dtype)  # (H, N, N)
 
         if self.attn_impl == "sequential":

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import DropPath, Mlp
+import torch.nn.functional as F
+from timm.layers import Mlp
 from torch import nn
 
 from .attention import AttnImpl, WindowAttention
@@ -49,6 +50,52 @@ def shift_region_ids(size: Pair, window: Pair, shift: Pair) -> torch.Tensor:
             img[:, hs, ws, :] = region
             region += 1
     return window_partition(img, window).squeeze(-1).to(torch.int32)
+
+
+class _PermuteTokens(torch.autograd.Function):
+    """``x.index_select(1, order)`` whose backward gathers with the inverse permutation, where
+    index_select's backward would zero a tensor as large as x and scatter-add into it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+class _GELUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        # In place: the incoming gradient is the fresh output of fc2's backward, used by nothing else.
+        return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=grad)
+
+
+class GELU(nn.GELU):
+    """Exact GELU whose backward overwrites its incoming gradient instead of allocating another
+    tensor of the MLP's hidden size; only for an activation whose output feeds one Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GELUFunction.apply(x)
+
+
+def add_residual(x: torch.Tensor, branch: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """``x + drop_path(branch)`` in one pass: stochastic depth's per-sample scale (the same random
+    draw as timm's ``DropPath``) goes into an addcmul instead of a product and then a sum."""
+    if not training or drop_prob == 0.0:
+        return x + branch
+    keep = 1.0 - drop_prob
+    scale = branch.new_empty((branch.shape[0],) + (1,) * (branch.ndim - 1)).bernoulli_(keep).div_(keep)
+    return torch.addcmul(x, branch, scale)
 
 
 def _pair(x: int | Sequence[int]) -> Pair:
@@ -114,14 +161,17 @@ class SwinTransformerV2Block(nn.Module):
             chunk_windows=chunk_windows,
         )
         self.norm1 = nn.LayerNorm(dim)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.drop_path = drop_path
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=GELU)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim) if extra_norm else None
         self.register_buffer("region_ids", None, persistent=False)
         self.register_buffer("token_order", torch.empty(0, dtype=torch.long), persistent=False)
         self.register_buffer("token_restore", torch.empty(0, dtype=torch.long), persistent=False)
         self.reset_buffers()
+
+    def extra_repr(self) -> str:
+        return f"window={self.window_size}, shift={self.shift_size}, drop_path={self.drop_path:g}"
 
     @property
     def shifted(self) -> bool:
@@ -141,11 +191,11 @@ class SwinTransformerV2Block(nn.Module):
         shortcut = x
         # Cyclic shift + window partition (and back) as one gather each: torch.roll copies the
         # map once per dim through cat, and the partition's permute copies it again.
-        windows = x.reshape(b, h * w, c).index_select(1, self.token_order)
+        windows = _PermuteTokens.apply(x.reshape(b, h * w, c), self.token_order, self.token_restore)
         windows = self.attn(windows.view(-1, self.window_size[0] * self.window_size[1], c), self.region_ids)
-        x = windows.view(b, h * w, c).index_select(1, self.token_restore).view(b, h, w, c)
-        x = shortcut + self.drop_path(self.norm1(x))
-        x = x + self.drop_path(self.norm2(self.mlp(x)))
+        x = _PermuteTokens.apply(windows.view(b, h * w, c), self.token_restore, self.token_order).view(b, h, w, c)
+        x = add_residual(shortcut, self.norm1(x), self.drop_path, self.training)
+        x = add_residual(x, self.norm2(self.mlp(x)), self.drop_path, self.training)
         if self.norm3 is not None:
             x = self.norm3(x)
         return x

@@ -231,3 +231,40 @@ def test_bf16_autocast_forward_backward_on_cpu():
         loss = F.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 1]))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_autograd_functions_pass_gradcheck():
+    """The hand-written backwards, in float64 against finite differences."""
+    from swinv2.attention import CosineHeads
+    from swinv2.model import _GELUFunction, _PermuteTokens
+
+    def f64(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    # (windows 2, tokens 5, q/k/v, heads 3, head dim 4); per-head logit scales
+    qkv, scale = f64(2, 5, 3, 3, 4), (torch.rand(3, 1, 1, dtype=torch.float64) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(CosineHeads.apply, (qkv, scale))
+    q, k, v = CosineHeads.apply(qkv, scale)
+    assert q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    torch.testing.assert_close(q.norm(dim=-1, keepdim=True), scale.expand(2, 3, 5, 1))
+
+    order = torch.randperm(6)
+    assert torch.autograd.gradcheck(_PermuteTokens.apply, (f64(2, 6, 3), order, torch.argsort(order)))
+    # the GELU's in-place backward, fed by a Linear as in the MLP
+    assert torch.autograd.gradcheck(lambda x, w: _GELUFunction.apply(x) @ w, (f64(4, 6), f64(6, 3)))
+
+
+def test_stochastic_depth_draws_like_timm_drop_path():
+    from timm.layers import DropPath
+
+    from swinv2.model import add_residual
+
+    x, branch = torch.randn(64, 3, 3, 2), torch.randn(64, 3, 3, 2)
+    torch.manual_seed(0)
+    ours = add_residual(x, branch, 0.4, training=True)
+    torch.manual_seed(0)
+    expected = x + DropPath(0.4)(branch)
+    torch.testing.assert_close(ours, expected)
+    dropped = (ours == x).flatten(1).all(1)
+    assert 0 < dropped.sum() < 64  # some samples dropped, not all
+    assert torch.equal(add_residual(x, branch, 0.4, training=False), x + branch)

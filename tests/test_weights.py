@@ -26,10 +26,8 @@ def _seed() -> None:
 
 
 def tiny(num_classes: int = 7, **overrides) -> swinv2.SwinTransformerV2:
-    config = {**TINY, **overrides}
-    return swinv2.build_model(
-        "swinv2_tiny_window8_256", num_classes=num_classes, drop_path_rate=0.0, **config
-    ).eval()
+    config = {**TINY, "drop_path_rate": 0.0, **overrides}
+    return swinv2.build_model("swinv2_tiny_window8_256", num_classes=num_classes, **config).eval()
 
 
 @torch.no_grad()
@@ -278,3 +276,31 @@ def test_key_errors_name_the_keys() -> None:
         load_pretrained(tiny(), {**state, "norm.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match="not a SwinV2 state dict"):
         load_pretrained(tiny(), {"fc.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("drop_path", [0.0, 0.3], ids=["no_drop_path", "drop_path"])
+def test_timm_parity_of_gradients_in_training(drop_path: float) -> None:
+    """Training-mode loss and every parameter's gradient against timm's own backward: the
+    autograd functions of the model (the cosine q/k heads, the token permutations, the GELU with
+    the in-place backward, the fused stochastic-depth residual) against plain autograd."""
+    reference = timm.create_model(
+        "swinv2_tiny_window8_256", num_classes=7, drop_path_rate=drop_path, **TINY
+    ).train()
+    randomize(reference)
+    ours = tiny(drop_path_rate=drop_path).train()
+    load_pretrained(ours, reference.state_dict())
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 3, 6, 1])
+    losses = []
+    for model in (reference, ours):
+        torch.manual_seed(1)  # the same stochastic-depth draws, in the same order
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    # timm's gradients, read as a checkpoint in timm's layout, land on our parameter names
+    grads_of_reference = tiny(drop_path_rate=drop_path)
+    load_pretrained(grads_of_reference, {n: p.grad for n, p in reference.named_parameters()})
+    expected = dict(grads_of_reference.named_parameters())
+    for name, p in ours.named_parameters():
+        assert expected[name].abs().max() > 0 or p.grad.abs().max() == 0, name
+        torch.testing.assert_close(p.grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)

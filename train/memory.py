@@ -7,15 +7,14 @@ Activations are counted per block from the code in ``swinv2/model.py`` and ``swi
 (``A = B*T*C`` elements for a map of T tokens with C channels, ``M = B*T*hidden``,
 ``S = B*T*heads*N`` for the N x N attention of windows of N tokens):
 
-- always saved: qkv input A, qkv output 3A (q, k, v are views), normalised q and k 2A, proj input A,
+- always saved: qkv input A, the per-head q, k (normalised) and v 3A (``CosineHeads``), proj input A,
   norm1/norm2 inputs 2A (+A for the H/G extra norm), fc1 input A, GELU input and fc2 input 2M, and
   small per-token vectors (LayerNorm mean/rstd, q/k norms);
-- ``math``: the softmax output S (scores are updated in place and not kept) and a contiguous copy
-  of v A that the batched matmul saves;
+- ``math``: the softmax output S (scores are updated in place and not kept);
 - ``sdpa`` (GPU memory-efficient kernel): its output A, the log-sum-exp, and the additive mask it
   was given: heads*N^2 unshifted, nW*heads*N^2 for shifted blocks (batch-independent); on CPU with
   a learned bias the model falls back to ``math`` (see ``_sdpa_kernel``), and so does this model;
-- ``sequential``: no N x N term; each chunk is recomputed in backward from the views of q, k, v.
+- ``sequential``: no N x N term; each chunk is recomputed in backward from its slices of q, k, v.
 
 Element sizes: fp32 4 bytes; bf16 2 bytes, except under torch.autocast (how the trainer runs every
 strategy), which keeps LayerNorm inputs, the residual stream and the softmax output in fp32.
@@ -243,18 +242,18 @@ def block_memory(block: BlockShape, plan: Plan, impl: str) -> BlockMemory:
     norms = 3 if block.extra_norm else 2
     # Saved by proj, norm1, fc1, GELU, fc2, norm2 (and norm3): freed before the attention's backward.
     tail = e * (2 * a + 2 * m) + w * (norms * a) + 4 * 2 * norms * rows
-    # qkv input A, qkv 3A, normalised q and k 2A, q/k norm vectors, and the CPB MLP's hidden layer
-    front = e * 6 * a + w * 5 * norm_vecs + e * block.cpb_table * block.cpb_hidden
+    # qkv input A, q, k, v 3A, the inverse q/k norms (fp32 at least), and the CPB MLP's hidden layer
+    front = e * 4 * a + w * 2 * norm_vecs + e * block.cpb_table * block.cpb_hidden
     grads = 2 * e * a  # gradient of the residual stream and of the attention output
     if impl == "math":
-        attn_saved = w * s + e * a  # softmax output, contiguous copy of v for the batched matmul
+        attn_saved = w * s  # softmax output
         if e != w:
             attn_saved += e * s  # autocast: softmax runs in fp32 and "@ v" saves its bf16 copy
         # gradients of the softmax output and of the scores, then of the position bias
         attn_transient = 2 * w * s + w * bias
     elif impl == "sdpa":
-        # output, log-sum-exp, the mask it was given (and a contiguous v for the folded shifted call)
-        attn_saved = e * (a + mask + (a if block.shifted else 0)) + 4 * norm_vecs
+        # output, log-sum-exp and the mask it was given
+        attn_saved = e * (a + mask) + 4 * norm_vecs
         # PyTorch's _efficient_attention_backward allocates grad_bias at the expanded (B, heads, N, N)
         # shape of the mask (dense S), reduced afterwards to the mask's and the position bias's shapes
         attn_transient = e * (s + mask + bias)
