@@ -94,8 +94,10 @@ class CosineHeads(torch.autograd.Function):
         acc = torch.promote_types(qkv.dtype, torch.float32)
         inv_q = scale / torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=acc).clamp_min(NORM_EPS)
         inv_k = 1 / torch.linalg.vector_norm(k, dim=-1, keepdim=True, dtype=acc).clamp_min(NORM_EPS)
-        q_hat = torch.mul(q, inv_q, out=torch.empty_like(q, memory_format=torch.contiguous_format))
-        k_hat = torch.mul(k, inv_k, out=torch.empty_like(k, memory_format=torch.contiguous_format))
+        # The factor goes first so that the product is laid out like it, contiguous (B_, H, N, d),
+        # not like the view q; .contiguous() is then a no-op, there in case that rule ever changes.
+        q_hat = (inv_q * q).to(qkv.dtype).contiguous()
+        k_hat = (inv_k * k).to(qkv.dtype).contiguous()
         ctx.save_for_backward(q_hat, k_hat, inv_q, inv_k, scale)
         return q_hat, k_hat, v.contiguous()
 
@@ -120,8 +122,8 @@ def _unit_vector_grad(
 ) -> torch.Tensor:
     """Writes inv_norm * grad - coef * (y . grad) * y into ``out``; returns y . grad (at least fp32)."""
     dot = (grad * y).sum(dim=-1, keepdim=True, dtype=inv_norm.dtype)
-    torch.mul(grad, inv_norm, out=out)
-    out.addcmul_(y, dot * coef, value=-1)
+    # in place rather than out=: torch.compile cannot trace an out= into a strided view
+    out.copy_(grad).mul_(inv_norm).addcmul_(y, dot * coef, value=-1)
     return dot
 
 
@@ -249,11 +251,21 @@ class WindowAttention(nn.Module):
     ) -> torch.Tensor:
         n = self.chunk_windows
         # Windows are batch-major, so the (nW, N) region ids repeat every nW windows.
-        ids = repeat(None) if region_ids is None else region_ids.repeat(q.shape[0] // region_ids.shape[0], 1).split(n)
-        attend = partial(checkpoint, _attend_chunk, use_reentrant=False) if torch.is_grad_enabled() else _attend_chunk
+        ids = (
+            repeat(None)
+            if region_ids is None
+            else region_ids.repeat(q.shape[0] // region_ids.shape[0], 1).split(n)
+        )
+        attend = (
+            partial(checkpoint, _attend_chunk, use_reentrant=False)
+            if torch.is_grad_enabled()
+            else _attend_chunk
+        )
         # split rather than slicing: split's backward concatenates the chunks' gradients once,
         # while every slice's backward would fill its own zero gradient as large as q, k or v.
-        outs = [attend(qc, kc, vc, bias, ic) for qc, kc, vc, ic in zip(q.split(n), k.split(n), v.split(n), ids)]
+        outs = [
+            attend(qc, kc, vc, bias, ic) for qc, kc, vc, ic in zip(q.split(n), k.split(n), v.split(n), ids)
+        ]
         return torch.cat(outs)
 
     def extra_repr(self) -> str:

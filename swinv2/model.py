@@ -193,8 +193,8 @@ class SwinTransformerV2Block(nn.Module):
         # map once per dim through cat, and the partition's permute copies it again.
         windows = _PermuteTokens.apply(x.reshape(b, h * w, c), self.token_order, self.token_restore)
         windows = self.attn(windows.view(-1, self.window_size[0] * self.window_size[1], c), self.region_ids)
-        x = _PermuteTokens.apply(windows.view(b, h * w, c), self.token_restore, self.token_order).view(b, h, w, c)
-        x = add_residual(shortcut, self.norm1(x), self.drop_path, self.training)
+        tokens = _PermuteTokens.apply(windows.view(b, h * w, c), self.token_restore, self.token_order)
+        x = add_residual(shortcut, self.norm1(tokens.view(b, h, w, c)), self.drop_path, self.training)
         x = add_residual(x, self.norm2(self.mlp(x)), self.drop_path, self.training)
         if self.norm3 is not None:
             x = self.norm3(x)
