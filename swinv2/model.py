@@ -80,9 +80,9 @@ class _GELUFunction(torch.autograd.Function):
         return torch.ops.aten.gelu_backward.grad_input(grad, x, grad_input=grad)
 
 
-class GELU(nn.GELU):
-    """Exact GELU whose backward overwrites its incoming gradient instead of allocating another
-    tensor of the MLP's hidden size; only for an activation whose output feeds one Linear."""
+class GELU(nn.Module):
+    """Exact GELU (no ``approximate``) whose backward overwrites its incoming gradient instead of
+    allocating another tensor of the MLP's hidden size; only for an activation feeding one Linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _GELUFunction.apply(x)
