@@ -109,8 +109,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, total_batch: int) -> 
     ``total_batch`` counts samples per optimizer step over all ranks and accumulation steps. Every
     group starts at the unscaled base LR: the scheduler of :func:`build_scheduler` multiplies in
     each group's ``lr_scale`` as soon as it is built, so always build one before the first step.
-    Fused: one kernel per parameter on CPU and GPU, where the default CPU path runs about ten
-    (the demo's fine-tuning: about 7% more images/s).
+    Fused: one kernel per parameter on CPU and GPU; torch's default CPU path runs about ten ops per
+    parameter (the demo's fine-tuning: about 7% more images/s).
     """
     groups = param_groups(model, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
     lr = scaled_lr(cfg.base_lr, total_batch, cfg.scale_lr)

@@ -8,7 +8,7 @@ DeepSpeed owns clipping, accumulation and the optimizer step: the loop's ``backw
 ``engine.backward`` + ``engine.step`` per micro-batch (the engine applies the update at its own
 accumulation boundary, which is the loop's), and ``step`` only reports the grad norm and whether the
 engine skipped the update. The optimizer is ours (AdamW groups with weight decay and ``lr_scale``)
-passed as a torch optimizer, so no fused Adam is built; the timm scheduler keeps writing the LRs
+passed as a torch optimizer, so DeepSpeed builds no Adam of its own; the timm scheduler keeps writing the LRs
 into its param groups, which ZeRO steps.
 
 ZeRO-3 builds the model under ``deepspeed.zero.Init``, so every parameter is partitioned as soon as
